@@ -1,0 +1,62 @@
+"""The last-writer-wins rule of SPEC guarantee 2, as pure functions.
+
+`wins(a, b)` is the rule; `decide(local, remote)` turns it into an action. Keeping them
+apart (as Syncthing keeps WinsConflict apart from moveForConflict) lets the rule be
+table-tested and property-tested without any I/O.
+"""
+
+from __future__ import annotations
+
+from dagsync.clock import Order
+from dagsync.model import Action, ActionKind, FileVersion
+
+
+def wins(a: FileVersion, b: FileVersion) -> bool:
+    """True when `a` beats `b`. Causality first; for concurrent versions the later HLC,
+    then the greater origin node name, then the content hash, so every node agrees."""
+    order = a.vv.compare(b.vv)
+    if order is Order.AFTER:
+        return True
+    if order is Order.BEFORE:
+        return False
+    return _tiebreak(a) > _tiebreak(b)
+
+
+def _tiebreak(v: FileVersion) -> tuple[int, str, bool, str, str]:
+    return (v.hlc, v.origin, not v.deleted, v.hash, v.target)
+
+
+def resolve(a: FileVersion, b: FileVersion) -> FileVersion:
+    """The record every node ends with once it has seen both `a` and `b`.
+
+    For causally ordered versions that is simply the later one. For concurrent ones it
+    is the winner's content with the merged vector, so the result follows both and a
+    stale copy of the loser can never come back.
+    """
+    order = a.vv.compare(b.vv)
+    if order is Order.AFTER or order is Order.EQUAL:
+        return a if order is Order.AFTER or _tiebreak(a) >= _tiebreak(b) else b
+    if order is Order.BEFORE:
+        return b
+    winner = a if wins(a, b) else b
+    return winner.with_vv(a.vv.merge(b.vv))
+
+
+def decide(local: FileVersion | None, remote: FileVersion) -> Action:
+    """What a node holding `local` does on learning of `remote` for the same path."""
+    if local is None:
+        if remote.deleted:
+            return Action(ActionKind.RECORD, result=remote)
+        return Action(ActionKind.FETCH, result=remote)
+    result = resolve(local, remote)
+    if result == local:
+        return Action(ActionKind.KEEP)
+    concurrent = local.vv.compare(remote.vv) is Order.CONCURRENT
+    conflict = concurrent and not local.same_content(remote)
+    if result.same_content(local):
+        # Our bytes stand; only the record changes (merged vector, metadata).
+        return Action(ActionKind.RECORD, result=result, conflict=conflict)
+    archive = conflict and not local.deleted
+    if result.deleted:
+        return Action(ActionKind.DELETE, result=result, archive_local=archive, conflict=conflict)
+    return Action(ActionKind.FETCH, result=result, archive_local=archive, conflict=conflict)
