@@ -75,7 +75,8 @@ class FileVersion:
         if not isinstance(d, dict):
             raise ValueError("file entry is not an object")
         path, kind, size, mtime, mode = d.get("p"), d.get("k"), d.get("s"), d.get("m"), d.get("x")
-        hsh, deleted, hlc, origin, target = d.get("h"), d.get("d"), d.get("c"), d.get("o"), d.get("t")
+        hsh, deleted, hlc = d.get("h"), d.get("d"), d.get("c")
+        origin, target = d.get("o"), d.get("t")
         if not isinstance(path, str) or not path:
             raise ValueError("bad path")
         if kind not in ("file", "symlink"):

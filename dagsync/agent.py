@@ -1,0 +1,325 @@
+"""The daemon: builds a Node from the config, serves peers over the embedded SSH server,
+keeps a connection to every peer, rescans periodically and answers the control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from dagsync import transport
+from dagsync.config import Config, PeerConfig
+from dagsync.errors import DagsyncError, ProtocolError, TransportError
+from dagsync.node import Node
+from dagsync.peer import PeerConnection
+
+log = logging.getLogger("dagsync.agent")
+
+BACKOFF_FIRST = 0.25
+BACKOFF_CAP = 30.0
+STABLE_CONNECTION = 10.0
+CONTROL_LINE_LIMIT = 64 * 1024
+
+
+def backoff_delay(attempt: int, rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
+    """Capped exponential backoff with jitter (half to full of the step)."""
+    step = min(BACKOFF_CAP, BACKOFF_FIRST * (2 ** min(attempt, 16)))
+    return step * (0.5 + rng.random() / 2)
+
+
+def control_socket_path(config: Config) -> Path:
+    return config.node.state_dir / "agent.sock"
+
+
+class AgentLock:
+    """One agent per state dir: an flock on agent.lock, released when the process dies."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "agent.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DagsyncError(
+                f"{self.path}: another agent already runs on this state dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    @staticmethod
+    def held(state_dir: Path) -> bool:
+        path = state_dir / "agent.lock"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.node: Node | None = None
+        self.stop = asyncio.Event()
+        self.lock = AgentLock(config.node.state_dir)
+        self._dialers: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.started = time.time()
+
+    async def run(self) -> None:
+        cfg = self.config
+        cfg.node.state_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        try:
+            await self._run()
+        finally:
+            self.lock.release()
+
+    async def _run(self) -> None:
+        cfg = self.config
+        node_key = transport.load_node_key(cfg.node.key)
+        node = self.node = Node(cfg)
+        try:
+            await node.open()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._request_stop, sig)
+            await node.scan_all()
+            server = await transport.serve(
+                cfg.node.listen_host, cfg.node.listen_port, node_key, node.authorize,
+                self._inbound,
+            )
+            sock_path = control_socket_path(cfg)
+            with contextlib.suppress(FileNotFoundError):
+                sock_path.unlink()
+            control = await asyncio.start_unix_server(
+                self._control, path=str(sock_path), limit=CONTROL_LINE_LIMIT
+            )
+            os.chmod(sock_path, 0o600)
+            log.info("agent %s listening on %s:%d, %d folder(s), %d peer(s)", node.name,
+                     cfg.node.listen_host, cfg.node.listen_port, len(node.folders),
+                     len(cfg.peers))
+            for peer in cfg.peers:
+                self._start_dialer(peer, node_key)
+            self._spawn(self._scan_loop())
+            await self.stop.wait()
+            log.info("agent %s stopping", node.name)
+            server.close()
+            control.close()
+            for conn in list(node.connections.values()):
+                conn.close("agent stopping")
+            for task in [*self._dialers.values(), *self._tasks]:
+                task.cancel()
+            await asyncio.wait_for(
+                asyncio.gather(*self._dialers.values(), *self._tasks, return_exceptions=True),
+                1.5,
+            )
+            with contextlib.suppress(FileNotFoundError):
+                sock_path.unlink()
+        finally:
+            node.close()
+
+    def _request_stop(self, sig: signal.Signals) -> None:
+        log.info("received %s", sig.name)
+        self.stop.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _scan_loop(self) -> None:
+        assert self.node is not None
+        while True:
+            await asyncio.sleep(self.config.scan_interval)
+            try:
+                await self.node.scan_all()
+            except Exception:
+                log.exception("periodic scan failed")
+
+    # --- peers -----------------------------------------------------------------------
+
+    def _start_dialer(self, peer: PeerConfig, node_key: Any) -> None:
+        self._wake[peer.name] = asyncio.Event()
+        self._dialers[peer.name] = asyncio.get_running_loop().create_task(
+            self._dial_loop(peer, node_key)
+        )
+
+    async def _dial_loop(self, peer: PeerConfig, node_key: Any) -> None:
+        node = self.node
+        assert node is not None
+        attempt = 0
+        wake = self._wake[peer.name]
+        while True:
+            conn = node.connections.get(peer.name)
+            if conn is not None:
+                await conn.closed.wait()
+                attempt = 0
+                await asyncio.sleep(backoff_delay(0))
+                continue
+            wake.clear()
+            started = time.monotonic()
+            try:
+                stream = await transport.dial(peer, node.name, node_key, self.config.node.key)
+                conn = PeerConnection(node, stream, expected_name=peer.name, initiator=True)
+                await conn.run()
+            except (TransportError, ProtocolError) as exc:
+                node.note_error(peer.name, str(exc))
+                level = logging.WARNING if attempt == 0 else logging.DEBUG
+                log.log(level, "%s", exc)
+            except DagsyncError as exc:
+                node.note_error(peer.name, str(exc))
+                log.warning("peer %s: %s", peer.name, exc)
+            if time.monotonic() - started > STABLE_CONNECTION:
+                attempt = 0
+            delay = backoff_delay(attempt)
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+
+    async def _inbound(self, peer_name: str, stream: transport.Stream) -> None:
+        await self._serve_stream(peer_name, stream)
+
+    async def _serve_stream(self, peer_name: str, stream: transport.Stream) -> None:
+        node = self.node
+        assert node is not None
+        conn = PeerConnection(node, stream, expected_name=peer_name, initiator=False)
+        try:
+            await conn.run()
+        except (TransportError, ProtocolError) as exc:
+            node.note_error(peer_name, str(exc))
+            log.warning("peer %s (incoming): %s", peer_name, exc)
+
+    # --- control socket --------------------------------------------------------------
+
+    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            request = json.loads(line or b"{}")
+            cmd = request.get("cmd")
+            if cmd == "peer-stream":
+                await self._control_peer_stream(request, reader, writer)
+                return
+            if cmd == "status":
+                reply: dict[str, Any] = await self.status(bool(request.get("cluster")))
+            elif cmd == "sync":
+                reply = await self.sync_round(request.get("peers") or [],
+                                              float(request.get("timeout", 60)))
+            elif cmd == "scan":
+                assert self.node is not None
+                reply = {"ok": True, "new_versions": await self.node.scan_all()}
+            else:
+                reply = {"ok": False, "error": f"unknown command {cmd!r}"}
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except (ValueError, AttributeError) as exc:
+            log.warning("control socket: bad request: %s", exc)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _control_peer_stream(
+        self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """`dagsync serve --stdio` hands its peer to us, so one process writes the folders."""
+        name = request.get("peer")
+        if not isinstance(name, str) or self.config.peer(name) is None:
+            writer.write(json.dumps({"ok": False, "error": f"unknown peer {name!r}"}).encode()
+                         + b"\n")
+            await writer.drain()
+            return
+        writer.write(b'{"ok": true}\n')
+        await writer.drain()
+        await self._serve_stream(name, transport.unix_stream(reader, writer, f"{name}@ssh"))
+
+    async def sync_round(self, peers: list[str], timeout: float) -> dict[str, Any]:
+        """Scan now, then wait until every (chosen) peer is in sync or the timeout ends."""
+        node = self.node
+        assert node is not None
+        await node.scan_all()
+        names = peers or [p.name for p in self.config.peers]
+        unknown = [n for n in names if self.config.peer(n) is None]
+        if unknown:
+            return {"ok": False, "error": f"unknown peer(s): {', '.join(unknown)}"}
+        for name in names:
+            if name not in node.connections and name in self._wake:
+                self._wake[name].set()
+        deadline = time.monotonic() + timeout
+        results: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            pending = []
+            for name in names:
+                conn = node.connections.get(name)
+                if conn is not None and conn.in_sync():
+                    results[name] = "in sync"
+                else:
+                    pending.append(name)
+            if not pending:
+                break
+            # Down peers get a short grace to reconnect; connected ones the full timeout.
+            if all(n not in node.connections for n in pending) and (
+                time.monotonic() > deadline - timeout + min(5.0, timeout)
+            ):
+                break
+            await asyncio.sleep(0.05)
+        for name in names:
+            if name not in results:
+                state = node.peers[name]
+                results[name] = ("down: " + (state.last_error or "not connected")
+                                 if name not in node.connections else "timed out")
+        return {"ok": True, "peers": results}
+
+    async def status(self, cluster: bool) -> dict[str, Any]:
+        node = self.node
+        assert node is not None
+        folders = []
+        for f in node.folders.values():
+            files, size = f.counts()
+            folders.append({
+                "id": f.id, "path": str(f.root), "mode": f.cfg.mode.value, "files": files,
+                "bytes": size, "digest": f.digest(), "last_scan": f.last_scan,
+                "problems": f.last_scan_problems[:20], "watcher": "polling",
+                "local_edits_refused": f.local_edits_refused,
+            })
+        peers = [s.as_dict() for s in node.peers.values()]
+        reply: dict[str, Any] = {
+            "node": node.name, "agent": True, "pid": os.getpid(), "uptime_s":
+            time.time() - self.started, "folders": folders, "peers": peers,
+            "conflicts": [e.id for e in node.archive.list() if not e.seen],
+        }
+        if cluster:
+            digests: dict[str, dict[str, str] | None] = {node.name: node.digests()}
+            for name in (p.name for p in self.config.peers):
+                conn = node.connections.get(name)
+                try:
+                    digests[name] = await conn.ask_digests() if conn else None
+                except (TimeoutError, DagsyncError):
+                    digests[name] = None
+            reply["cluster"] = digests
+        return reply

@@ -1,0 +1,565 @@
+"""One shared folder on this node: local changes become versions, remote versions are
+decided and applied. All mutation of a folder happens under its lock; blocking work
+(hashing, file writes, SQLite) runs in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import xxhash
+
+from dagsync import fsio
+from dagsync.archive import ConflictArchive
+from dagsync.clock import HybridClock, VersionVector
+from dagsync.config import FolderConfig
+from dagsync.errors import PathRefused
+from dagsync.ignore import IgnoreMatcher
+from dagsync.index import Index, LocalStat, Record
+from dagsync.model import Action, ActionKind, FileVersion, FolderMode, Kind
+from dagsync.paths import check_relpath, symlink_target_ok
+from dagsync.reconcile import decide
+from dagsync.scanner import Observed, ScanResult, scan_folder, scan_paths
+
+log = logging.getLogger("dagsync.engine")
+
+Fetch = Callable[[FileVersion], Awaitable[bytes]]
+FETCH_CONCURRENCY = 32
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SharedClock:
+    """The node's HLC, shared by every folder and thread."""
+
+    def __init__(self, last: int = 0) -> None:
+        self._clock = HybridClock(last)
+        self._lock = threading.Lock()
+
+    def tick(self) -> int:
+        with self._lock:
+            return self._clock.tick(wall_ms())
+
+    def observe(self, remote: int) -> int:
+        with self._lock:
+            return self._clock.observe(remote, wall_ms())
+
+    @property
+    def last(self) -> int:
+        return self._clock.last
+
+
+def content_hash(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+@dataclass
+class ScanSummary:
+    new_versions: int = 0
+    problems: int = 0
+    duration_s: float = 0.0
+
+
+@dataclass
+class Planned:
+    remote: FileVersion
+    action: Action
+
+
+@dataclass
+class BatchOutcome:
+    applied: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    conflicts: int = 0
+    would: list[tuple[str, str]] = field(default_factory=list)  # dry run: (action, path)
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
+
+
+class FolderEngine:
+    def __init__(
+        self,
+        cfg: FolderConfig,
+        node_name: str,
+        index: Index,
+        archive: ConflictArchive,
+        clock: SharedClock,
+        max_file_size: int,
+    ) -> None:
+        self.cfg = cfg
+        self.id = cfg.id
+        self.root = cfg.path
+        self.node = node_name
+        self.index = index
+        self.archive = archive
+        self.clock = clock
+        self.max_file_size = max_file_size
+        self.ignore = IgnoreMatcher(cfg.ignore)
+        self.records: dict[str, Record] = {}
+        self.lock = asyncio.Lock()
+        self.changed = asyncio.Condition()
+        self.max_seq = 0
+        self.index_id = 0
+        self.last_scan: float | None = None
+        self.last_scan_problems: list[str] = []
+        self.local_edits_refused = 0  # edits on a receive-only folder
+        self.on_applied: list[Callable[[list[str]], None]] = []
+        self.reverts: set[str] = set()  # receive-only paths awaiting the cluster's version
+
+    # --- start-up and queries --------------------------------------------------------
+
+    async def open(self) -> None:
+        def load() -> None:
+            self.records = self.index.load(self.id)
+            self.max_seq = self.index.max_seq(self.id)
+            self.index_id = self.index.index_id(self.id)
+            if self.root.is_dir():
+                for leftover in fsio.cleanup_temp_files(self.root):
+                    log.info("folder %s: removed temp file left by a crash: %s", self.id, leftover)
+
+        await asyncio.to_thread(load)
+
+    def known_stat(self, path: str) -> LocalStat | None:
+        rec = self.records.get(path)
+        if rec is None or rec.version.deleted:
+            return None
+        return rec.stat
+
+    def version(self, path: str) -> FileVersion | None:
+        rec = self.records.get(path)
+        return rec.version if rec else None
+
+    def digest(self) -> str:
+        """One hash over every live file's path, content, mode and mtime: equal digests
+        mean equal folders."""
+        h = xxhash.xxh3_128()
+        for path in sorted(self.records):
+            v = self.records[path].version
+            if not v.deleted:
+                h.update(f"{path}\0{v.kind}\0{v.hash}\0{v.mode:o}\0{v.mtime_ns}\n".encode(
+                    "utf-8", "surrogateescape"))
+        return h.hexdigest()
+
+    def counts(self) -> tuple[int, int]:
+        live = [r.version for r in self.records.values() if not r.version.deleted]
+        return len(live), sum(v.size for v in live)
+
+    async def wait_for_seq_above(self, seq: int) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.max_seq > seq)
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    # --- local changes ---------------------------------------------------------------
+
+    async def scan(self) -> ScanSummary:
+        """Full scan: the safety net that finds every local change."""
+        if not self.root.is_dir():
+            self.last_scan_problems = [f"folder path {self.root} is not a readable directory"]
+            log.error("folder %s: %s", self.id, self.last_scan_problems[0])
+            return ScanSummary(problems=1)
+        result = await asyncio.to_thread(
+            scan_folder, self.root, self, self.ignore, self.max_file_size
+        )
+        async with self.lock:
+            count = await asyncio.to_thread(self._register, result, None)
+        self.last_scan = time.time()
+        self.last_scan_problems = [f"{p.path}: {p.reason}" for p in result.problems]
+        if count:
+            await self._notify()
+        return ScanSummary(count, len(result.problems), result.duration_s)
+
+    async def scan_some(self, paths: Iterable[str]) -> int:
+        wanted = list(paths)
+        async with self.lock:
+            count = await asyncio.to_thread(self._scan_and_register, wanted)
+        if count:
+            await self._notify()
+        return count
+
+    def _scan_and_register(self, paths: list[str]) -> int:
+        result = scan_paths(self.root, paths, self, self.ignore, self.max_file_size)
+        return self._register(result, paths)
+
+    def _register(self, result: ScanResult, limited_to: list[str] | None) -> int:
+        """Turn what a scan saw into new local versions. Runs under the folder lock in a
+        worker thread. Re-checks each file's stat first: a remote apply may have replaced
+        it since the scan looked, and a stale observation must never become a version."""
+        for problem in result.problems:
+            log.warning("folder %s: %s: %s", self.id, problem.path, problem.reason)
+        items: list[tuple[FileVersion, LocalStat | None]] = []
+        for obs in result.changed:
+            if _lstat_key(self.root, obs.path) != (obs.size, obs.mtime_ns, obs.inode):
+                continue  # changed again since; the next scan takes it
+            item = self._observed_version(obs)
+            if item is not None:
+                items.append(item)
+        items.extend(self._vanished(result, limited_to))
+        if self.cfg.mode is FolderMode.RECEIVE_ONLY:
+            items = self._refuse_local_edits(items)
+        if not items:
+            return 0
+        new_versions = [i for i in items if self._is_new_version(i[0])]
+        for rec in self.index.put(self.id, items):
+            self.records[rec.version.path] = rec
+            self.max_seq = max(self.max_seq, rec.seq)
+        for v, _ in new_versions:
+            log.info("folder %s: local %s %s", self.id, "delete" if v.deleted else "change", v.path)
+        return len(items)
+
+    def _is_new_version(self, v: FileVersion) -> bool:
+        rec = self.records.get(v.path)
+        return rec is None or rec.version.vv != v.vv
+
+    def _observed_version(self, obs: Observed) -> tuple[FileVersion, LocalStat | None] | None:
+        rec = self.records.get(obs.path)
+        prev = rec.version if rec else None
+        if (
+            prev is not None
+            and not prev.deleted
+            and (prev.kind, prev.hash, prev.target, prev.mode, prev.mtime_ns)
+            == (obs.kind, obs.hash, obs.target, obs.mode, obs.mtime_ns)
+        ):
+            # Same bytes and metadata (e.g. a new inode): remember the stat, no new version.
+            return prev, obs.stat()
+        vv = prev.vv if prev else VersionVector()
+        version = FileVersion(
+            path=obs.path, kind=obs.kind, size=obs.size, mtime_ns=obs.mtime_ns, mode=obs.mode,
+            hash=obs.hash, deleted=False, vv=vv.bump(self.node), hlc=self.clock.tick(),
+            origin=self.node, target=obs.target,
+        )
+        return version, obs.stat()
+
+    def _vanished(
+        self, result: ScanResult, limited_to: list[str] | None
+    ) -> list[tuple[FileVersion, LocalStat | None]]:
+        if limited_to is None:
+            candidates: Iterable[str] = self.records
+        else:
+            candidates = [
+                p for p in self.records
+                if any(p == q or p.startswith(q + "/") for q in limited_to)
+            ]
+        blocked = tuple(d.rstrip("/") + "/" for d in result.unreadable_dirs)
+        out: list[tuple[FileVersion, LocalStat | None]] = []
+        for path in candidates:
+            v = self.records[path].version
+            if v.deleted or path in result.present or path.startswith(blocked):
+                continue
+            if self.ignore.ignored(path, False) or _lstat_key(self.root, path) is not None:
+                continue
+            tomb = replace(
+                v, size=0, hash="", target="", deleted=True, vv=v.vv.bump(self.node),
+                hlc=self.clock.tick(), origin=self.node,
+            )
+            out.append((tomb, None))
+        return out
+
+    def _refuse_local_edits(
+        self, items: list[tuple[FileVersion, LocalStat | None]]
+    ) -> list[tuple[FileVersion, LocalStat | None]]:
+        """A receive-only folder never publishes: keep a copy of the edit in the conflict
+        archive and leave the record as the cluster's, so the next pull restores it."""
+        kept = []
+        for version, stat in items:
+            if not self._is_new_version(version):
+                kept.append((version, stat))
+                continue
+            if version.path in self.reverts:
+                continue  # already archived and waiting for the cluster's version
+            self.local_edits_refused += 1
+            if not version.deleted:
+                try:
+                    data = fsio.read_range(self.root, version.path, 0, self.max_file_size)
+                    self.archive.store(self.id, version.path, data, loser_origin=self.node,
+                                       winner_origin="cluster", mode=version.mode)
+                except OSError as exc:
+                    log.warning("folder %s: cannot archive local edit %s: %s",
+                                self.id, version.path, exc)
+            log.warning("folder %s: local %s of %s on a receive-only folder: not published, "
+                        "kept in the conflict archive", self.id,
+                        "delete" if version.deleted else "edit", version.path)
+            rec = self.records.get(version.path)
+            if rec is not None:
+                # Forget the stat so the record no longer matches the disk: the engine
+                # fetches the cluster's version again.
+                self.records[version.path] = replace(rec, stat=None)
+                self.reverts.add(version.path)
+        return kept
+
+    async def revert_local_edits(self, fetch: Fetch) -> int:
+        """Restore the cluster's version of files edited on a receive-only folder."""
+        if not self.reverts:
+            return 0
+        planned = []
+        for path in sorted(self.reverts):
+            v = self.version(path)
+            if v is None:
+                self.reverts.discard(path)
+                continue
+            kind = ActionKind.DELETE if v.deleted else ActionKind.FETCH
+            planned.append(Planned(v, Action(kind, result=v)))
+        outcome = BatchOutcome()
+        contents = await self._fetch_all(planned, fetch, outcome)
+        async with self.lock:
+            await asyncio.to_thread(self._restore_locked, planned, contents, outcome)
+        if outcome.applied:
+            await self._notify()
+        return len(outcome.applied)
+
+    def _restore_locked(
+        self, planned: list[Planned], contents: dict[str, bytes], outcome: BatchOutcome
+    ) -> None:
+        staged: list[tuple[fsio.StagedWrite, FileVersion]] = []
+        done: list[tuple[FileVersion, LocalStat | None]] = []
+        for p in planned:
+            if p.remote.path not in self.reverts or self.version(p.remote.path) != p.remote:
+                continue
+            try:
+                item = self._apply_one(p.action, p.remote, contents, staged)
+            except OSError as exc:
+                outcome.failed.append((p.remote.path, exc.strerror or str(exc)))
+                continue
+            if item is not None:
+                done.append(item)
+        self._commit(staged, done, outcome)
+        if done:
+            for v, _ in done:
+                log.info("folder %s: restored the cluster's version of %s", self.id, v.path)
+
+    def _commit(
+        self,
+        staged: list[tuple[fsio.StagedWrite, FileVersion]],
+        done: list[tuple[FileVersion, LocalStat | None]],
+        outcome: BatchOutcome,
+    ) -> None:
+        """Make staged files visible at once (one syncfs), then record everything done."""
+        if staged:
+            failed: dict[str, Exception] = {}
+            try:
+                fsio.commit([s for s, _ in staged])
+            except fsio.CommitError as exc:
+                failed = exc.failed
+            except OSError as exc:
+                fsio.abort([s for s, _ in staged])
+                failed = {v.path: exc for _, v in staged}
+            for path, err in failed.items():
+                reason = getattr(err, "strerror", None) or str(err)
+                outcome.failed.append((path, reason))
+                log.error("folder %s: cannot write %s: %s", self.id, path, reason)
+            for _, v in staged:
+                if v.path not in failed:
+                    done.append((v, _stat_of(self.root, v.path)))
+        if not done:
+            return
+        for rec in self.index.put(self.id, done):
+            self.records[rec.version.path] = rec
+            self.max_seq = max(self.max_seq, rec.seq)
+            self.reverts.discard(rec.version.path)
+            outcome.applied.append(rec.version.path)
+
+    # --- remote changes --------------------------------------------------------------
+
+    def screen(self, remote: FileVersion) -> str | None:
+        """Why a remote entry must be refused, or None. SPEC guarantee 8."""
+        try:
+            check_relpath(remote.path)
+        except PathRefused as exc:
+            return str(exc)
+        parts = remote.path.split("/")
+        for i in range(1, len(parts)):
+            if self.ignore.ignored("/".join(parts[:i]), True):
+                return "inside an ignored directory"
+        if self.ignore.ignored(remote.path, False):
+            return "ignored name"
+        if remote.deleted:
+            return None
+        if remote.size > self.max_file_size:
+            return f"file of {remote.size} bytes exceeds max_file_size"
+        if remote.kind is Kind.SYMLINK and not symlink_target_ok(remote.path, remote.target):
+            return f"symlink target {remote.target!r} leaves the folder"
+        if len(remote.hash) != 32:
+            return "malformed content hash"
+        return None
+
+    def plan(self, entries: Iterable[FileVersion], outcome: BatchOutcome) -> list[Planned]:
+        planned = []
+        for remote in entries:
+            reason = self.screen(remote)
+            if reason is not None:
+                outcome.refused.append((remote.path, reason))
+                continue
+            action = decide(self.version(remote.path), remote)
+            if action.kind is not ActionKind.KEEP:
+                planned.append(Planned(remote, action))
+        return planned
+
+    async def apply_batch(
+        self, entries: Iterable[FileVersion], fetch: Fetch, *, dry_run: bool = False
+    ) -> BatchOutcome:
+        """Decide every remote entry, fetch what is needed, and apply it durably."""
+        outcome = BatchOutcome()
+        planned = self.plan(entries, outcome)
+        for path, reason in outcome.refused:
+            log.warning("folder %s: refused remote entry %r: %s", self.id, path, reason)
+        if dry_run:
+            outcome.would = [(p.action.kind.value, p.remote.path) for p in planned]
+            return outcome
+        if self.cfg.mode is FolderMode.SEND_ONLY:
+            for p in planned:
+                log.info("folder %s: remote change to %s not applied (send-only folder)",
+                         self.id, p.remote.path)
+            return outcome
+        if not planned:
+            return outcome
+        contents = await self._fetch_all(planned, fetch, outcome)
+        async with self.lock:
+            changed = await asyncio.to_thread(self._apply_locked, planned, contents, outcome)
+        if changed:
+            await self._notify()
+            for hook in self.on_applied:
+                hook(outcome.applied)
+        return outcome
+
+    async def _fetch_all(
+        self, planned: list[Planned], fetch: Fetch, outcome: BatchOutcome
+    ) -> dict[str, bytes]:
+        contents: dict[str, bytes] = {}
+        sem = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+        async def one(v: FileVersion) -> None:
+            async with sem:
+                try:
+                    data = await fetch(v)
+                except Exception as exc:  # a failed fetch is a per-file result
+                    outcome.failed.append((v.path, f"fetch failed: {exc}"))
+                    return
+            if len(data) != v.size or content_hash(data) != v.hash:
+                outcome.failed.append((v.path, "content does not match its announced hash"))
+                log.warning("folder %s: %s: received content does not match its hash; "
+                            "not applied", self.id, v.path)
+                return
+            contents[v.path] = data
+
+        wanted = [
+            p.action.result for p in planned
+            if p.action.kind is ActionKind.FETCH and p.action.result is not None
+            and p.action.result.kind is Kind.FILE
+        ]
+        await asyncio.gather(*(one(v) for v in wanted))
+        return contents
+
+    def _apply_locked(
+        self, planned: list[Planned], contents: dict[str, bytes], outcome: BatchOutcome
+    ) -> bool:
+        """Runs in a worker thread under the folder lock."""
+        # A file edited locally since we recorded it is a local change: register it
+        # first, so deciding against it archives it instead of overwriting it unseen.
+        self._register(
+            scan_paths(self.root, [p.remote.path for p in planned], self, self.ignore,
+                       self.max_file_size),
+            [p.remote.path for p in planned],
+        )
+        staged: list[tuple[fsio.StagedWrite, FileVersion]] = []
+        done: list[tuple[FileVersion, LocalStat | None]] = []
+        for p in planned:
+            local = self.version(p.remote.path)
+            action = decide(local, p.remote)
+            result = action.result
+            if action.kind is ActionKind.KEEP or result is None:
+                continue
+            try:
+                if action.archive_local and local is not None:
+                    self._archive(local, result)
+                if action.conflict and local is not None:
+                    outcome.conflicts += 1
+                    loser = p.remote if result.same_content(local) else local
+                    log.warning("folder %s: conflict on %s: the version from %s wins over "
+                                "the one from %s", self.id, result.path, result.origin,
+                                loser.origin)
+                item = self._apply_one(action, result, contents, staged)
+            except OSError as exc:
+                outcome.failed.append((result.path, exc.strerror or str(exc)))
+                log.error("folder %s: cannot apply %s: %s", self.id, result.path,
+                          exc.strerror or exc)
+                continue
+            if item is not None:
+                done.append(item)
+        self._commit(staged, done, outcome)
+        if not done:
+            return False
+        for v, _ in done:
+            log.info("folder %s: %s %s from %s", self.id,
+                     "deleted" if v.deleted else "updated", v.path, v.origin)
+        return True
+
+    def _apply_one(
+        self,
+        action: Action,
+        result: FileVersion,
+        contents: dict[str, bytes],
+        staged: list[tuple[fsio.StagedWrite, FileVersion]],
+    ) -> tuple[FileVersion, LocalStat | None] | None:
+        if action.kind is ActionKind.DELETE:
+            fsio.remove_file(self.root, result.path)
+            return result, None
+        if action.kind is ActionKind.RECORD:
+            if not result.deleted and result.kind is Kind.FILE:
+                fsio.set_meta(self.root, result.path, result.mode, result.mtime_ns)
+                return result, _stat_of(self.root, result.path)
+            return result, None
+        if result.kind is Kind.SYMLINK:
+            fsio.make_symlink(self.root, result.path, result.target)
+            return result, _stat_of(self.root, result.path)
+        data = contents.get(result.path)
+        if data is None or content_hash(data) != result.hash:
+            raise OSError(0, "content not available (changed during the round)")
+        staged.append((fsio.stage_file(self.root, result.path, data, result.mode,
+                                       result.mtime_ns), result))
+        return None
+
+    def _archive(self, loser: FileVersion, winner: FileVersion) -> None:
+        if loser.kind is not Kind.FILE:
+            return
+        try:
+            data = fsio.read_range(self.root, loser.path, 0, self.max_file_size)
+        except FileNotFoundError:
+            return
+        entry = self.archive.store(self.id, loser.path, data, loser_origin=loser.origin,
+                                   winner_origin=winner.origin, mode=loser.mode)
+        log.warning("folder %s: losing version of %s from %s kept as conflict #%d", self.id,
+                    loser.path, loser.origin, entry.id)
+
+    # --- serving peers ---------------------------------------------------------------
+
+    def read_for_peer(self, path: str, want_hash: str, offset: int, size: int) -> bytes | None:
+        """Content for a peer's Request, or None when we no longer hold that version."""
+        v = self.version(path)
+        if v is None or v.deleted or v.hash != want_hash or v.kind is not Kind.FILE:
+            return None
+        return fsio.read_range(self.root, path, offset, size)
+
+
+def _lstat_key(root: Path, rel: str) -> tuple[int, int, int] | None:
+    try:
+        st = (root / rel).lstat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _stat_of(root: Path, rel: str) -> LocalStat | None:
+    key = _lstat_key(root, rel)
+    return LocalStat(*key) if key else None

@@ -1,0 +1,403 @@
+"""The node's index: one SQLite database (WAL) holding, per folder, the record of every path
+with its local sequence number, plus what each peer has sent us and small metadata.
+
+One connection, opened with check_same_thread=False and guarded by a lock, so callers may
+use it from `asyncio.to_thread` workers; every write is one transaction. The schema is
+built by numbered migrations tracked in `PRAGMA user_version`.
+
+Sequence numbers are per folder, strictly increasing and never reused: peers remember the
+highest one they processed and ask for what follows (`since`). With synchronous=NORMAL an
+OS crash or power loss may roll back the last transactions, which could hand out a number
+again for different content; so an index not closed cleanly moves every folder's counter
+ahead by `SEQ_GAP` on the next open (what was lost is found again by the next scan).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagsync.clock import VersionVector
+from dagsync.errors import DagsyncError
+from dagsync.model import FileVersion, Kind
+
+SEQ_GAP = 1 << 32
+
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE folders (
+        folder   TEXT PRIMARY KEY,
+        index_id INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE files (
+        folder      TEXT    NOT NULL,
+        path        TEXT    NOT NULL,
+        seq         INTEGER NOT NULL,
+        kind        TEXT    NOT NULL,
+        size        INTEGER NOT NULL,
+        mtime_ns    INTEGER NOT NULL,
+        mode        INTEGER NOT NULL,
+        hash        TEXT    NOT NULL,
+        deleted     INTEGER NOT NULL,
+        vv          TEXT    NOT NULL,
+        hlc         INTEGER NOT NULL,
+        origin      TEXT    NOT NULL,
+        target      TEXT    NOT NULL,
+        st_size     INTEGER,
+        st_mtime_ns INTEGER,
+        st_inode    INTEGER,
+        PRIMARY KEY (folder, path)
+    );
+    CREATE UNIQUE INDEX files_by_seq ON files (folder, seq);
+    CREATE TABLE peer_progress (
+        peer     TEXT    NOT NULL,
+        folder   TEXT    NOT NULL,
+        index_id INTEGER NOT NULL,
+        seq      INTEGER NOT NULL,
+        PRIMARY KEY (peer, folder)
+    ) WITHOUT ROWID;
+    """,
+)
+
+_DIRTY_KEY = "index.open"
+_COLUMNS = (
+    "path, seq, kind, size, mtime_ns, mode, hash, deleted, vv, hlc, origin, target,"
+    " st_size, st_mtime_ns, st_inode"
+)
+_KINDS = {k.value: k for k in Kind}
+
+_Row = tuple[
+    str, int, str, int, int, int, str, int, str, int, str, str, int | None, int | None, int | None
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalStat:
+    """What the scanner compares to decide whether a file must be hashed again."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored version with its local sequence number, and how the file looked on disk
+    when recorded (None for deletes and for versions not yet written to disk)."""
+
+    version: FileVersion
+    seq: int
+    stat: LocalStat | None
+
+
+class IndexUnavailable(DagsyncError):
+    """The index database cannot be opened, is corrupt, or a query on it failed."""
+
+
+def _row(folder: str, r: Record) -> tuple[object, ...]:
+    v, st = r.version, r.stat
+    return (
+        folder,
+        v.path,
+        r.seq,
+        v.kind.value,
+        v.size,
+        v.mtime_ns,
+        v.mode,
+        v.hash,
+        int(v.deleted),
+        json.dumps(v.vv.to_wire(), separators=(",", ":")),
+        v.hlc,
+        v.origin,
+        v.target,
+        None if st is None else st.size,
+        None if st is None else st.mtime_ns,
+        None if st is None else st.inode,
+    )
+
+
+def _new_index_id() -> int:
+    return secrets.randbits(63) or 1
+
+
+class Index:
+    def __init__(self, db_path: Path) -> None:
+        self.path = db_path
+        self._lock = threading.Lock()
+        self._vv_cache: dict[str, VersionVector] = {}
+        self._conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(
+                str(db_path), check_same_thread=False, isolation_level=None, timeout=10.0
+            )
+        except sqlite3.Error as exc:
+            raise IndexUnavailable(f"{db_path}: cannot open the index database: {exc}") from exc
+        try:
+            self._setup(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise IndexUnavailable(
+                f"{db_path}: the index database is unreadable or corrupt ({exc}); "
+                "stop the agent and move it away: it is rebuilt by the next scan"
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    # -- setup -------------------------------------------------------------------------
+
+    def _setup(self, c: sqlite3.Connection) -> None:
+        mode = c.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise sqlite3.DatabaseError(f"cannot switch to WAL journal mode (got {mode})")
+        c.execute("PRAGMA synchronous=NORMAL")
+        c.execute("PRAGMA foreign_keys=ON")
+        version = int(c.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(_MIGRATIONS):
+            raise IndexUnavailable(
+                f"{self.path}: the index database has schema version {version}, newer than "
+                f"this dagsync knows ({len(_MIGRATIONS)}); upgrade dagsync"
+            )
+        for number in range(version + 1, len(_MIGRATIONS) + 1):
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                # executescript would commit on its own; run the statements one by one
+                for stmt in _MIGRATIONS[number - 1].split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute(f"PRAGMA user_version={number}")
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+        # Mark the index open, durably, moving the counters ahead if it was not closed.
+        c.execute("PRAGMA synchronous=FULL")
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            row = c.execute("SELECT value FROM meta WHERE key=?", (_DIRTY_KEY,)).fetchone()
+            if row is not None and row[0] == "1":
+                c.execute("UPDATE folders SET last_seq = last_seq + ?", (SEQ_GAP,))
+            c.execute(
+                "INSERT INTO meta(key, value) VALUES(?, '1')"
+                " ON CONFLICT(key) DO UPDATE SET value='1'",
+                (_DIRTY_KEY,),
+            )
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        c.execute("PRAGMA synchronous=NORMAL")
+
+    def close(self) -> None:
+        """Mark the index cleanly closed and close the connection. Idempotent."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                return
+            self._conn = None
+            try:
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("UPDATE meta SET value='0' WHERE key=?", (_DIRTY_KEY,))
+            except sqlite3.Error:
+                pass  # not marked clean: the next open moves the counters ahead
+            finally:
+                conn.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock, with SQLite errors turned into dagsync errors."""
+        with self._lock:
+            if self._conn is None:
+                raise IndexUnavailable(f"{self.path}: the index is closed")
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise IndexUnavailable(f"{self.path}: index database error: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        with self._db() as c:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+
+    # -- folders -----------------------------------------------------------------------
+
+    @staticmethod
+    def _folder_row(c: sqlite3.Connection, folder: str) -> tuple[int, int]:
+        """(index_id, last_seq) of `folder`, creating it; call inside a transaction."""
+        row = c.execute(
+            "SELECT index_id, last_seq FROM folders WHERE folder=?", (folder,)
+        ).fetchone()
+        if row is not None:
+            return int(row[0]), int(row[1])
+        index_id = _new_index_id()
+        c.execute(
+            "INSERT INTO folders(folder, index_id, last_seq) VALUES(?, ?, 0)", (folder, index_id)
+        )
+        return index_id, 0
+
+    def index_id(self, folder: str) -> int:
+        """This node's random id for its index of `folder`, stable while the database lives.
+        A new database gets new ids, telling peers to resend everything."""
+        with self._db() as c:
+            row = c.execute("SELECT index_id FROM folders WHERE folder=?", (folder,)).fetchone()
+            if row is not None:
+                return int(row[0])
+        with self._txn() as c:
+            return self._folder_row(c, folder)[0]
+
+    def max_seq(self, folder: str) -> int:
+        """The highest sequence number handed out in `folder` (0 when none)."""
+        with self._db() as c:
+            row = c.execute("SELECT last_seq FROM folders WHERE folder=?", (folder,)).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    # -- records -----------------------------------------------------------------------
+
+    def _vv(self, text: str) -> VersionVector:
+        vv = self._vv_cache.get(text)
+        if vv is None:
+            # Our own JSON from VersionVector.to_wire: already sorted and valid.
+            vv = VersionVector(tuple((str(n), int(c)) for n, c in json.loads(text)))
+            if len(self._vv_cache) < 65536:
+                self._vv_cache[text] = vv
+        return vv
+
+    def _record(self, row: _Row) -> Record:
+        (path, seq, kind, size, mtime, mode, hsh, deleted, vv, hlc, origin, target, ss, sm, si) = (
+            row
+        )
+        version = FileVersion(
+            path,
+            _KINDS[kind],
+            size,
+            mtime,
+            mode,
+            hsh,
+            bool(deleted),
+            self._vv(vv),
+            hlc,
+            origin,
+            target,
+        )
+        stat = None if ss is None or sm is None or si is None else LocalStat(ss, sm, si)
+        return Record(version, seq, stat)
+
+    def load(self, folder: str) -> dict[str, Record]:
+        """Every record of `folder`, deletes included, by path."""
+        with self._db() as c:
+            rows = c.execute(f"SELECT {_COLUMNS} FROM files WHERE folder=?", (folder,)).fetchall()
+        rec = self._record
+        return {row[0]: rec(row) for row in rows}
+
+    def get(self, folder: str, path: str) -> Record | None:
+        with self._db() as c:
+            row = c.execute(
+                f"SELECT {_COLUMNS} FROM files WHERE folder=? AND path=?", (folder, path)
+            ).fetchone()
+        return None if row is None else self._record(row)
+
+    def put(
+        self, folder: str, items: Sequence[tuple[FileVersion, LocalStat | None]]
+    ) -> list[Record]:
+        """Store versions in one transaction, replacing each path's previous record; each
+        gets the folder's next sequence number, in the order given."""
+        if not items:
+            return []
+        with self._txn() as c:
+            _, last = self._folder_row(c, folder)
+            records = [Record(v, last + i, st) for i, (v, st) in enumerate(items, start=1)]
+            c.executemany(
+                f"INSERT OR REPLACE INTO files(folder, {_COLUMNS})"
+                " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_row(folder, r) for r in records],
+            )
+            c.execute("UPDATE folders SET last_seq=? WHERE folder=?", (last + len(records), folder))
+        return records
+
+    def update_stat(self, folder: str, path: str, stat: LocalStat) -> None:
+        """Record how an unchanged version now looks on disk (e.g. touched, same content);
+        keeps its sequence number. Does nothing for an unknown path."""
+        with self._txn() as c:
+            c.execute(
+                "UPDATE files SET st_size=?, st_mtime_ns=?, st_inode=? WHERE folder=? AND path=?",
+                (stat.size, stat.mtime_ns, stat.inode, folder, path),
+            )
+
+    def since(self, folder: str, seq: int, limit: int = 1000) -> list[Record]:
+        """Records with a sequence number above `seq`, in sequence order, at most `limit`."""
+        with self._db() as c:
+            rows = c.execute(
+                f"SELECT {_COLUMNS} FROM files WHERE folder=? AND seq>? ORDER BY seq LIMIT ?",
+                (folder, seq, limit),
+            ).fetchall()
+        rec = self._record
+        return [rec(row) for row in rows]
+
+    def count(self, folder: str) -> tuple[int, int]:
+        """(live files and symlinks, their total bytes); deletes excluded."""
+        with self._db() as c:
+            row = c.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM files WHERE folder=? AND deleted=0",
+                (folder,),
+            ).fetchone()
+        return int(row[0]), int(row[1])
+
+    # -- peers and metadata --------------------------------------------------------------
+
+    def peer_progress(self, peer: str, folder: str) -> tuple[int, int] | None:
+        """(the peer's index_id, its highest sequence number we fully processed)."""
+        with self._db() as c:
+            row = c.execute(
+                "SELECT index_id, seq FROM peer_progress WHERE peer=? AND folder=?", (peer, folder)
+            ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def set_peer_progress(self, peer: str, folder: str, index_id: int, seq: int) -> None:
+        with self._txn() as c:
+            c.execute(
+                "INSERT INTO peer_progress(peer, folder, index_id, seq) VALUES(?, ?, ?, ?)"
+                " ON CONFLICT(peer, folder) DO UPDATE SET index_id=excluded.index_id,"
+                " seq=excluded.seq",
+                (peer, folder, index_id, seq),
+            )
+
+    def get_meta(self, key: str) -> str | None:
+        with self._db() as c:
+            row = c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._txn() as c:
+            c.execute(
+                "INSERT INTO meta(key, value) VALUES(?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, value),
+            )

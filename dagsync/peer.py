@@ -1,0 +1,446 @@
+"""One connection to one peer: moves frames between a transport Stream and a protocol
+Session, serves the peer's requests, and pulls the peer's index into our folders."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from dagsync import protocol as p
+from dagsync.errors import DagsyncError, ProtocolError, TransportError
+from dagsync.model import FileVersion
+
+if TYPE_CHECKING:
+    from dagsync.engine import Fetch, FolderEngine
+    from dagsync.node import Node
+    from dagsync.transport import Stream
+
+log = logging.getLogger("dagsync.peer")
+
+HELLO_TIMEOUT = 15.0
+REQUEST_TIMEOUT = 60.0
+SERVE_CONCURRENCY = 16
+PING_INTERVAL = 10.0
+IDLE_TIMEOUT = 35.0
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+READ_SIZE = 256 * 1024
+
+
+class FetchFailed(DagsyncError):
+    pass
+
+
+_STATUS_TEXT = {
+    p.Status.NO_SUCH_FILE: "peer no longer has the file",
+    p.Status.CHANGED: "file changed on the peer",
+    p.Status.REFUSED: "peer refused the request",
+    p.Status.ERROR: "peer could not read the file",
+}
+
+
+@dataclass
+class FolderLink:
+    """Progress of one shared folder on this connection."""
+
+    folder: FolderEngine
+    their_index_id: int
+    their_max_seq: int
+    sent_seq: int  # our sequence number the peer has been sent up to
+    processed_seq: int  # their sequence number we fully applied
+    acked_seq: int = 0  # our sequence number the peer says it applied
+    caught_up: bool = False  # we applied everything the peer had when it last said so
+    failures: int = 0
+    inbox: asyncio.Queue[p.Index] = field(default_factory=asyncio.Queue)
+    wake_sender: asyncio.Event = field(default_factory=asyncio.Event)
+    would: list[tuple[str, str]] = field(default_factory=list)
+    remote: dict[str, FileVersion] = field(default_factory=dict)  # dry run: their records
+
+
+class PeerConnection:
+    def __init__(
+        self,
+        node: Node,
+        stream: Stream,
+        *,
+        expected_name: str | None,
+        initiator: bool,
+        oneshot: bool = False,
+        dry_run: bool = False,
+    ) -> None:
+        self.node = node
+        self.stream = stream
+        self.expected_name = expected_name
+        self.initiator = initiator
+        self.oneshot = oneshot
+        self.dry_run = dry_run
+        self.session = p.Session()
+        self.peer_name = expected_name or "?"
+        self.links: dict[str, FolderLink] = {}
+        self.pending: dict[int, asyncio.Future[p.Response]] = {}
+        self.digest_waiters: dict[int, asyncio.Future[p.DigestReply]] = {}
+        self._ids = itertools.count(1)
+        self._serve_sem = asyncio.Semaphore(SERVE_CONCURRENCY)
+        self.last_received = time.monotonic()
+        self.done = asyncio.Event()  # oneshot: both sides are in sync
+        self.closed = asyncio.Event()
+        self.clock_skew_ms = 0
+        self.close_reason = ""
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Handshake, then serve and pull until the stream ends. Raises TransportError or
+        ProtocolError with the reason; the caller logs it and keeps the agent running."""
+        try:
+            self._send(p.Hello(
+                node=self.node.name, folders=self.node.offers(self.expected_name),
+                hlc=self.node.clock.tick(), wall_ms=int(time.time() * 1000),
+                software=f"dagsync/{self.node.version}",
+            ))
+            hello = await asyncio.wait_for(self._read_hello(), HELLO_TIMEOUT)
+            self._accept_hello(hello)
+            if not self.node.register(self):
+                self._send(p.Close("duplicate connection"))
+                return
+            try:
+                await self._run_tasks()
+            finally:
+                self.node.unregister(self)
+        except TimeoutError:
+            raise TransportError(f"peer {self.peer_name}: no handshake within "
+                                 f"{HELLO_TIMEOUT:.0f} s") from None
+        finally:
+            self._fail_pending(TransportError(f"connection to {self.peer_name} closed"))
+            self.stream.close()
+            self.closed.set()
+
+    async def _read_hello(self) -> p.Hello:
+        while True:
+            for msg in self._receive(await self._read()):
+                if isinstance(msg, p.Hello):
+                    return msg
+                if isinstance(msg, p.Close):
+                    raise TransportError(f"peer {self.peer_name} closed: {msg.reason}")
+
+    def _accept_hello(self, hello: p.Hello) -> None:
+        name = hello.node
+        if self.expected_name is not None and name != self.expected_name:
+            raise ProtocolError(f"peer says it is {name!r}, expected {self.expected_name!r}")
+        if self.node.config.peer(name) is None:
+            raise ProtocolError(f"peer {name!r} is not configured here")
+        self.peer_name = name
+        self.node.clock.observe(hello.hlc)
+        self.clock_skew_ms = hello.wall_ms - int(time.time() * 1000)
+        if abs(self.clock_skew_ms) > 1000:
+            log.warning("peer %s: clock differs from ours by %.1f s; last-writer-wins relies "
+                        "on clocks for concurrent edits", name, self.clock_skew_ms / 1000)
+        for fid, offer in hello.folders.items():
+            folder = self.node.folders.get(fid)
+            if folder is None:
+                continue
+            mine_ok = offer.have_index_id == folder.index_id
+            progress = self.node.index.peer_progress(name, fid)
+            processed = progress[1] if progress and progress[0] == offer.index_id else 0
+            self.links[fid] = FolderLink(
+                folder=folder, their_index_id=offer.index_id, their_max_seq=offer.max_seq,
+                sent_seq=offer.have_seq if mine_ok else 0, processed_seq=processed,
+            )
+        missing = set(self.node.folders) - set(self.links)
+        if missing:
+            log.info("peer %s does not share folder(s) %s", name, ", ".join(sorted(missing)))
+
+    async def _run_tasks(self) -> None:
+        log.info("peer %s: connected (%s, %d shared folder(s))", self.peer_name,
+                 self.stream.description, len(self.links))
+        tasks = [self._reader(), self._pinger()]
+        for link in self.links.values():
+            if not self.dry_run:
+                tasks.append(self._sender(link))
+            tasks.append(self._puller(link))
+        if self.oneshot:
+            tasks.append(self._finish_when_in_sync())
+        runners = [asyncio.create_task(t) for t in tasks]
+        try:
+            done, _ = await asyncio.wait(runners, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
+        finally:
+            for task in runners:
+                task.cancel()
+            await asyncio.gather(*runners, return_exceptions=True)
+
+    def close(self, reason: str) -> None:
+        """Ask the peer to close and stop this connection."""
+        self.close_reason = reason
+        with contextlib.suppress(ProtocolError, OSError, ValueError):
+            self._send(p.Close(reason))
+        self.stream.close()
+
+    # --- I/O -------------------------------------------------------------------------
+
+    async def _read(self) -> bytes:
+        data = await self.stream.read(READ_SIZE)
+        if not data:
+            raise TransportError(f"peer {self.peer_name}: connection closed")
+        self.last_received = time.monotonic()
+        return data
+
+    def _receive(self, data: bytes) -> list[p.Message]:
+        return self.session.receive_data(data)
+
+    def _send(self, msg: p.Message) -> None:
+        self.stream.write(self.session.send(msg))
+
+    async def _send_drained(self, msg: p.Message) -> None:
+        self._send(msg)
+        await self.stream.drain()
+
+    async def _reader(self) -> None:
+        while True:
+            for msg in self._receive(await self._read()):
+                self._dispatch(msg)
+
+    def _dispatch(self, msg: p.Message) -> None:
+        if isinstance(msg, p.Index):
+            link = self._link(msg.folder)
+            if msg.index_id != link.their_index_id:
+                raise ProtocolError(f"index id of folder {msg.folder!r} changed mid-connection")
+            link.inbox.put_nowait(msg)
+        elif isinstance(msg, p.Request):
+            asyncio.get_running_loop().create_task(self._serve(msg))
+        elif isinstance(msg, p.Response):
+            fut = self.pending.pop(msg.id, None)
+            if fut is None:
+                raise ProtocolError(f"response to unknown request {msg.id}")
+            if not fut.done():
+                fut.set_result(msg)
+        elif isinstance(msg, p.Ack):
+            link = self._link(msg.folder)
+            if msg.index_id == link.folder.index_id:
+                link.acked_seq = max(link.acked_seq, msg.seq)
+                self.node.note_ack(self)
+        elif isinstance(msg, p.Resend):
+            link = self._link(msg.folder)
+            link.sent_seq = min(link.sent_seq, msg.from_seq)
+            link.wake_sender.set()
+        elif isinstance(msg, p.Ping):
+            self._send(p.Pong(msg.nonce))
+        elif isinstance(msg, p.DigestRequest):
+            self._send(p.DigestReply(msg.nonce, self.node.digests()))
+        elif isinstance(msg, p.DigestReply):
+            waiter = self.digest_waiters.pop(msg.nonce, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(msg)
+        elif isinstance(msg, p.Close):
+            raise TransportError(f"peer {self.peer_name} closed the connection: {msg.reason}")
+
+    def _link(self, folder_id: str) -> FolderLink:
+        link = self.links.get(folder_id)
+        if link is None:
+            raise ProtocolError(f"message for folder {folder_id!r}, which is not shared")
+        return link
+
+    async def _pinger(self) -> None:
+        nonce = 0
+        while True:
+            await asyncio.sleep(PING_INTERVAL)
+            if time.monotonic() - self.last_received > IDLE_TIMEOUT:
+                raise TransportError(f"peer {self.peer_name}: no answer for "
+                                     f"{IDLE_TIMEOUT:.0f} s")
+            nonce += 1
+            await self._send_drained(p.Ping(nonce))
+
+    # --- serving the peer ------------------------------------------------------------
+
+    async def _serve(self, req: p.Request) -> None:
+        async with self._serve_sem:
+            folder = self.node.folders.get(req.folder)
+            status, data = p.Status.OK, b""
+            if folder is None or req.folder not in self.links:
+                status = p.Status.REFUSED
+            else:
+                try:
+                    got = await asyncio.to_thread(
+                        folder.read_for_peer, req.path, req.hash, req.offset, req.size
+                    )
+                    if got is None:
+                        status = p.Status.CHANGED
+                    else:
+                        data = got
+                except FileNotFoundError:
+                    status = p.Status.NO_SUCH_FILE
+                except (OSError, DagsyncError) as exc:
+                    log.warning("peer %s asked for %s/%s: %s", self.peer_name, req.folder,
+                                req.path, exc)
+                    status = p.Status.ERROR
+            with contextlib.suppress(OSError, ProtocolError, TransportError):
+                await self._send_drained(p.Response(req.id, status, data))
+
+    async def _sender(self, link: FolderLink) -> None:
+        """Send our index from where the peer is, then every new record as it lands."""
+        folder = link.folder
+        announced_caught_up = False
+        while True:
+            link.wake_sender.clear()
+            start = link.sent_seq
+            records = await asyncio.to_thread(
+                self.node.index.since, folder.id, start, p.MAX_INDEX_ENTRIES
+            )
+            if records:
+                last = records[-1].seq
+                await self._send_drained(p.Index(
+                    folder=folder.id, index_id=folder.index_id,
+                    entries=tuple(r.version for r in records), last_seq=last,
+                    caught_up=last >= folder.max_seq,
+                ))
+                link.sent_seq = max(link.sent_seq, last) if link.sent_seq >= start else last
+                announced_caught_up = last >= folder.max_seq
+                continue
+            if not announced_caught_up:
+                await self._send_drained(p.Index(
+                    folder=folder.id, index_id=folder.index_id, entries=(),
+                    last_seq=start, caught_up=True,
+                ))
+                announced_caught_up = True
+            changed = asyncio.create_task(folder.wait_for_seq_above(link.sent_seq))
+            woken = asyncio.create_task(link.wake_sender.wait())
+            try:
+                await asyncio.wait({changed, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                woken.cancel()
+            announced_caught_up = False
+
+    # --- pulling from the peer -------------------------------------------------------
+
+    async def _puller(self, link: FolderLink) -> None:
+        """Apply the peer's index batches in order; remember how far we got."""
+        folder = link.folder
+        fetch = self.fetcher(folder.id)
+        while True:
+            msg = await link.inbox.get()
+            if self.dry_run:
+                outcome = await folder.apply_batch(msg.entries, fetch, dry_run=True)
+                link.would.extend(outcome.would)
+                link.remote.update((e.path, e) for e in msg.entries)
+                link.caught_up = msg.caught_up
+                continue
+            if msg.entries:
+                outcome = await folder.apply_batch(msg.entries, fetch)
+                self.node.note_outcome(self, folder.id, outcome)
+                if not outcome.complete:
+                    link.failures += 1
+                    for path, reason in outcome.failed[:5]:
+                        log.warning("peer %s: folder %s: %s: %s", self.peer_name, folder.id,
+                                    path, reason)
+            if folder.reverts:
+                await folder.revert_local_edits(fetch)
+            if link.failures:
+                if msg.caught_up:
+                    asyncio.get_running_loop().create_task(self._retry_later(link))
+                continue
+            link.processed_seq = max(link.processed_seq, msg.last_seq)
+            await asyncio.to_thread(self.node.index.set_peer_progress, self.peer_name,
+                                    folder.id, link.their_index_id, link.processed_seq)
+            await self._send_drained(p.Ack(folder.id, link.their_index_id, link.processed_seq))
+            link.caught_up = msg.caught_up
+            link.their_max_seq = max(link.their_max_seq, msg.last_seq)
+            self.node.note_ack(self)
+
+    async def _retry_later(self, link: FolderLink) -> None:
+        delay = RETRY_DELAYS[min(link.failures, len(RETRY_DELAYS)) - 1]
+        await asyncio.sleep(delay)
+        link.failures = 0
+        log.info("peer %s: folder %s: retrying from sequence %d", self.peer_name,
+                 link.folder.id, link.processed_seq)
+        await self._send_drained(p.Resend(link.folder.id, link.processed_seq))
+
+    def fetcher(self, folder_id: str) -> Fetch:
+        async def fetch(v: FileVersion) -> bytes:
+            return await self.fetch(folder_id, v)
+
+        return fetch
+
+    async def fetch(self, folder_id: str, v: FileVersion) -> bytes:
+        """The whole content of a version, in blocks; FetchFailed with the reason."""
+        if v.size == 0:
+            return b""
+        chunks = []
+        offset = 0
+        while offset < v.size:
+            size = min(p.BLOCK_SIZE, v.size - offset)
+            resp = await self._request(p.Request(
+                id=next(self._ids) % 2**32, folder=folder_id, path=v.path, hash=v.hash,
+                offset=offset, size=size,
+            ))
+            if resp.status != p.Status.OK:
+                raise FetchFailed(_STATUS_TEXT.get(resp.status, f"status {resp.status}"))
+            if len(resp.data) != size:
+                raise FetchFailed(f"short block ({len(resp.data)} of {size} bytes)")
+            chunks.append(resp.data)
+            offset += size
+        return b"".join(chunks)
+
+    async def _request(self, req: p.Request) -> p.Response:
+        fut: asyncio.Future[p.Response] = asyncio.get_running_loop().create_future()
+        self.pending[req.id] = fut
+        try:
+            await self._send_drained(req)
+            return await asyncio.wait_for(fut, REQUEST_TIMEOUT)
+        except TimeoutError:
+            raise FetchFailed(f"no answer from {self.peer_name} within "
+                              f"{REQUEST_TIMEOUT:.0f} s") from None
+        finally:
+            self.pending.pop(req.id, None)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        for fut in list(self.pending.values()) + list(self.digest_waiters.values()):
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved
+        self.pending.clear()
+        self.digest_waiters.clear()
+
+    async def ask_digests(self, timeout: float = 5.0) -> dict[str, str]:
+        nonce = next(self._ids)
+        fut: asyncio.Future[p.DigestReply] = asyncio.get_running_loop().create_future()
+        self.digest_waiters[nonce] = fut
+        await self._send_drained(p.DigestRequest(nonce))
+        reply = await asyncio.wait_for(fut, timeout)
+        return reply.digests
+
+    # --- one-shot completion ---------------------------------------------------------
+
+    def in_sync(self) -> bool:
+        """We applied all the peer had and the peer applied all we have."""
+        return all(
+            link.caught_up and link.failures == 0 and inbox_empty(link)
+            and (self.dry_run or link.acked_seq >= link.folder.max_seq
+                 or link.folder.max_seq == 0)
+            for link in self.links.values()
+        )
+
+    async def _finish_when_in_sync(self) -> None:
+        while not self.in_sync():
+            await asyncio.sleep(0.02)
+        self.done.set()
+        self.close("round complete")
+
+    def on_closed(self, callback: Callable[[], None]) -> None:
+        asyncio.get_running_loop().create_task(self._call_when_closed(callback))
+
+    async def _call_when_closed(self, callback: Callable[[], None]) -> None:
+        await self.closed.wait()
+        callback()
+
+
+def inbox_empty(link: FolderLink) -> bool:
+    return link.inbox.empty()

@@ -1,0 +1,346 @@
+"""The peer protocol as a sans-I/O session: bytes in, messages out, and back.
+
+Wire format: every frame is `u32 length | u8 type | body` (length counts type + body).
+Control messages carry a JSON object; a Response carries `u32 request id | u8 status |
+raw bytes`, so file content is never JSON-encoded. The first frame each way must be a
+Hello. Anything malformed, oversize, unknown or out of order raises ProtocolError, and
+the caller closes that one connection. Model: h11's Connection.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagsync.errors import ProtocolError
+from dagsync.model import FileVersion
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 8 * 1024 * 1024  # largest frame accepted (block + header)
+MAX_JSON = 4 * 1024 * 1024  # largest control message
+BLOCK_SIZE = 4 * 1024 * 1024  # largest content slice one Request may ask for
+MAX_INDEX_ENTRIES = 2000  # entries per Index message
+MAX_NAME = 255
+
+_HEADER = struct.Struct(">IB")
+_RESPONSE_HEAD = struct.Struct(">IB")
+
+
+@dataclass(frozen=True, slots=True)
+class FolderOffer:
+    """One folder in a Hello: our index id and length, and how much of yours we hold."""
+
+    index_id: int
+    max_seq: int
+    have_index_id: int = 0  # your index id we last processed
+    have_seq: int = 0  # your highest sequence number we fully processed
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    node: str
+    folders: dict[str, FolderOffer]
+    hlc: int
+    wall_ms: int
+    protocol: int = PROTOCOL_VERSION
+    software: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """A batch of records of the sender's index, in sequence order.
+
+    `last_seq` is the sender's sequence number of the last entry; `caught_up` says the
+    sender had nothing newer when it sent this batch.
+    """
+
+    folder: str
+    index_id: int
+    entries: tuple[FileVersion, ...]
+    last_seq: int
+    caught_up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: int
+    folder: str
+    path: str
+    hash: str
+    offset: int
+    size: int
+
+
+class Status:
+    OK = 0
+    NO_SUCH_FILE = 1
+    CHANGED = 2  # the file no longer has the requested hash
+    REFUSED = 3
+    ERROR = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    id: int
+    status: int
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The receiver has processed the sender's index up to `seq`."""
+
+    folder: str
+    index_id: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resend:
+    """Please send your index again from `from_seq` (after a failed fetch)."""
+
+    folder: str
+    from_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class DigestRequest:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class DigestReply:
+    nonce: int
+    digests: dict[str, str] = field(default_factory=dict)  # folder id -> digest
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    reason: str
+
+
+Message = (
+    Hello | Index | Request | Response | Ack | Resend | Ping | Pong | DigestRequest | DigestReply
+    | Close
+)
+
+# Type codes are part of the wire format: never renumber.
+_CODES: dict[type, int] = {
+    Hello: 1, Index: 2, Request: 3, Response: 4, Ack: 5, Resend: 6, Ping: 7, Pong: 8,
+    DigestRequest: 9, DigestReply: 10, Close: 11,
+}
+_TYPES = {code: cls for cls, code in _CODES.items()}
+
+
+def _int(d: dict[str, Any], key: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    v = d.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise ProtocolError(f"field {key!r} must be an integer in [{lo}, {hi}]")
+    return v
+
+
+def _str(d: dict[str, Any], key: str, max_len: int = MAX_NAME, allow_empty: bool = False) -> str:
+    v = d.get(key)
+    if not isinstance(v, str) or len(v) > max_len or (not v and not allow_empty):
+        raise ProtocolError(f"field {key!r} must be a string of at most {max_len} characters")
+    return v
+
+
+def _encode_json(msg: Message) -> dict[str, Any]:
+    if isinstance(msg, Hello):
+        return {
+            "protocol": msg.protocol, "node": msg.node, "hlc": msg.hlc, "wall_ms": msg.wall_ms,
+            "software": msg.software,
+            "folders": {
+                fid: [o.index_id, o.max_seq, o.have_index_id, o.have_seq]
+                for fid, o in msg.folders.items()
+            },
+        }
+    if isinstance(msg, Index):
+        return {
+            "folder": msg.folder, "index_id": msg.index_id, "last_seq": msg.last_seq,
+            "caught_up": msg.caught_up, "entries": [e.to_wire() for e in msg.entries],
+        }
+    if isinstance(msg, Request):
+        return {
+            "id": msg.id, "folder": msg.folder, "path": msg.path, "hash": msg.hash,
+            "offset": msg.offset, "size": msg.size,
+        }
+    if isinstance(msg, Ack):
+        return {"folder": msg.folder, "index_id": msg.index_id, "seq": msg.seq}
+    if isinstance(msg, Resend):
+        return {"folder": msg.folder, "from_seq": msg.from_seq}
+    if isinstance(msg, Ping | Pong | DigestRequest):
+        return {"nonce": msg.nonce}
+    if isinstance(msg, DigestReply):
+        return {"nonce": msg.nonce, "digests": msg.digests}
+    if isinstance(msg, Close):
+        return {"reason": msg.reason}
+    raise TypeError(f"not a JSON message: {msg!r}")
+
+
+def _decode_json(cls: type, d: dict[str, Any]) -> Message:
+    if cls is Hello:
+        folders_raw = d.get("folders")
+        if not isinstance(folders_raw, dict) or len(folders_raw) > 1024:
+            raise ProtocolError("hello: folders must be an object")
+        folders: dict[str, FolderOffer] = {}
+        for fid, offer in folders_raw.items():
+            if not isinstance(offer, list) or len(offer) != 4 or len(fid) > MAX_NAME:
+                raise ProtocolError("hello: bad folder offer")
+            vals = dict(zip(("a", "b", "c", "d"), offer, strict=True))
+            folders[fid] = FolderOffer(*(_int(vals, k) for k in "abcd"))
+        return Hello(
+            node=_str(d, "node"), folders=folders, hlc=_int(d, "hlc"),
+            wall_ms=_int(d, "wall_ms"), protocol=_int(d, "protocol", 0, 65535),
+            software=_str(d, "software", 200, allow_empty=True),
+        )
+    if cls is Index:
+        raw = d.get("entries")
+        if not isinstance(raw, list) or len(raw) > MAX_INDEX_ENTRIES:
+            raise ProtocolError(f"index: entries must be a list of at most {MAX_INDEX_ENTRIES}")
+        try:
+            entries = tuple(FileVersion.from_wire(e) for e in raw)
+        except ValueError as exc:
+            raise ProtocolError(f"index: {exc}") from None
+        caught_up = d.get("caught_up")
+        if not isinstance(caught_up, bool):
+            raise ProtocolError("index: caught_up must be a boolean")
+        return Index(
+            folder=_str(d, "folder"), index_id=_int(d, "index_id"), entries=entries,
+            last_seq=_int(d, "last_seq"), caught_up=caught_up,
+        )
+    if cls is Request:
+        return Request(
+            id=_int(d, "id", 0, 2**32 - 1), folder=_str(d, "folder"),
+            path=_str(d, "path", 4096), hash=_str(d, "hash", 64, allow_empty=True),
+            offset=_int(d, "offset"), size=_int(d, "size", 0, BLOCK_SIZE),
+        )
+    if cls is Ack:
+        return Ack(folder=_str(d, "folder"), index_id=_int(d, "index_id"), seq=_int(d, "seq"))
+    if cls is Resend:
+        return Resend(folder=_str(d, "folder"), from_seq=_int(d, "from_seq"))
+    if cls in (Ping, Pong, DigestRequest):
+        return cls(nonce=_int(d, "nonce"))  # type: ignore[no-any-return]
+    if cls is DigestReply:
+        digests = d.get("digests")
+        if not isinstance(digests, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) <= 128 for k, v in digests.items()
+        ):
+            raise ProtocolError("digest reply: digests must map folder ids to strings")
+        return DigestReply(nonce=_int(d, "nonce"), digests=digests)
+    if cls is Close:
+        return Close(reason=_str(d, "reason", 1000, allow_empty=True))
+    raise ProtocolError(f"unexpected message type {cls.__name__}")
+
+
+def encode(msg: Message) -> bytes:
+    """One message as one frame."""
+    code = _CODES[type(msg)]
+    if isinstance(msg, Response):
+        body = _RESPONSE_HEAD.pack(msg.id, msg.status) + msg.data
+    else:
+        body = json.dumps(_encode_json(msg), separators=(",", ":")).encode()
+        if len(body) > MAX_JSON:
+            raise ValueError(f"{type(msg).__name__} too large ({len(body)} bytes)")
+    if len(body) + 1 > MAX_FRAME:
+        raise ValueError(f"frame too large ({len(body)} bytes)")
+    return _HEADER.pack(len(body) + 1, code) + body
+
+
+def decode_body(code: int, body: bytes) -> Message:
+    """One frame's body as a message; ProtocolError on anything malformed."""
+    cls = _TYPES.get(code)
+    if cls is None:
+        raise ProtocolError(f"unknown message type {code}")
+    if cls is Response:
+        if len(body) < _RESPONSE_HEAD.size:
+            raise ProtocolError("response frame too short")
+        req_id, status = _RESPONSE_HEAD.unpack_from(body)
+        return Response(id=req_id, status=status, data=bytes(body[_RESPONSE_HEAD.size :]))
+    if len(body) > MAX_JSON:
+        raise ProtocolError(f"control message of {len(body)} bytes exceeds {MAX_JSON}")
+    try:
+        d = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolError(f"{cls.__name__}: body is not valid JSON") from None
+    if not isinstance(d, dict):
+        raise ProtocolError(f"{cls.__name__}: body is not a JSON object")
+    return _decode_json(cls, d)
+
+
+class Session:
+    """Framing and ordering rules for one connection, with no I/O.
+
+    Feed received bytes to `receive_data`; it returns complete messages. Call `send`
+    to turn a message into bytes for the transport. The peer's first message must be
+    a Hello with our protocol version, and ours must be too.
+    """
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self.peer_hello: Hello | None = None
+        self.sent_hello = False
+        self.closed = False
+
+    def send(self, msg: Message) -> bytes:
+        if self.closed:
+            raise ProtocolError("session is closed")
+        if not self.sent_hello and not isinstance(msg, Hello | Close):
+            raise ProtocolError("the first message sent must be a Hello")
+        if isinstance(msg, Hello):
+            self.sent_hello = True
+        return encode(msg)
+
+    def receive_data(self, data: bytes) -> list[Message]:
+        if self.closed:
+            raise ProtocolError("session is closed")
+        self._buf += data
+        out: list[Message] = []
+        while len(self._buf) >= _HEADER.size:
+            length, code = _HEADER.unpack_from(self._buf)
+            if length < 1 or length > self.max_frame:
+                self.closed = True
+                raise ProtocolError(f"frame length {length} outside 1..{self.max_frame}")
+            if len(self._buf) < 4 + length:
+                break
+            body = bytes(self._buf[_HEADER.size : 4 + length])
+            del self._buf[: 4 + length]
+            try:
+                msg = decode_body(code, body)
+                self._check_order(msg)
+            except ProtocolError:
+                self.closed = True
+                raise
+            out.append(msg)
+            if isinstance(msg, Close):
+                self.closed = True
+                break
+        return out
+
+    def _check_order(self, msg: Message) -> None:
+        if self.peer_hello is None:
+            if isinstance(msg, Close):
+                return
+            if not isinstance(msg, Hello):
+                raise ProtocolError(f"expected Hello first, got {type(msg).__name__}")
+            if msg.protocol != PROTOCOL_VERSION:
+                raise ProtocolError(
+                    f"peer speaks protocol {msg.protocol}, this node speaks {PROTOCOL_VERSION}"
+                )
+            self.peer_hello = msg
+        elif isinstance(msg, Hello):
+            raise ProtocolError("second Hello on one connection")

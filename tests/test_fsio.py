@@ -1,0 +1,377 @@
+"""The folder's file system edge: whole files only, confined below the root."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from dagsync import fsio, paths
+from dagsync.errors import PathRefused
+
+MTIME = 1_700_000_000_123_456_789
+
+
+def temps_below(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if paths.is_temp_name(p.name)]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "dags"
+    r.mkdir()
+    return r
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    o = tmp_path / "outside"
+    o.mkdir()
+    (o / "victim.py").write_bytes(b"original")
+    return o
+
+
+# --- stage / commit / abort ------------------------------------------------------------
+
+
+def test_commit_makes_whole_files_with_mode_and_mtime(root: Path) -> None:
+    staged = [
+        fsio.stage_file(root, "a.py", b"alpha", 0o644, MTIME),
+        fsio.stage_file(root, "sub/deeper/b.sh", b"beta" * 1000, 0o755, MTIME + 1),
+    ]
+    assert not (root / "a.py").exists()  # staged files are not visible yet
+    assert all(s.temp_path.exists() and s.temp_path.parent == s.final_path.parent for s in staged)
+    fsio.commit(staged)
+    assert (root / "a.py").read_bytes() == b"alpha"
+    assert (root / "sub/deeper/b.sh").read_bytes() == b"beta" * 1000
+    st_a, st_b = (root / "a.py").stat(), (root / "sub/deeper/b.sh").stat()
+    assert stat.S_IMODE(st_a.st_mode) == 0o644 and st_a.st_mtime_ns == MTIME
+    assert stat.S_IMODE(st_b.st_mode) == 0o755 and st_b.st_mtime_ns == MTIME + 1
+    assert temps_below(root) == []
+
+
+def test_temp_names_are_ignored_by_airflow(root: Path) -> None:
+    s = fsio.stage_file(root, "dag.py", b"x", 0o644, MTIME)
+    assert s.temp_path.name.startswith(".") and not s.temp_path.name.endswith((".py", ".zip"))
+    fsio.abort([s])
+
+
+def test_write_file_replaces_existing_content(root: Path) -> None:
+    (root / "dag.py").write_bytes(b"old old old")
+    fsio.write_file(root, "dag.py", b"new", 0o600, MTIME)
+    assert (root / "dag.py").read_bytes() == b"new"
+    assert stat.S_IMODE((root / "dag.py").stat().st_mode) == 0o600
+    assert temps_below(root) == []
+
+
+def test_empty_file_is_written(root: Path) -> None:
+    fsio.write_file(root, "empty.py", b"", 0o644, MTIME)
+    assert (root / "empty.py").read_bytes() == b""
+
+
+def test_abort_removes_temps_and_tolerates_missing_ones(root: Path) -> None:
+    staged = [fsio.stage_file(root, f"d/{i}.py", b"x", 0o644, MTIME) for i in range(3)]
+    staged[0].temp_path.unlink()
+    fsio.abort(staged)
+    assert temps_below(root) == []
+    assert not any(s.final_path.exists() for s in staged)
+
+
+def test_commit_syncs_once_per_file_system(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = fsio._syncfs
+
+    def counting(fd: int) -> bool:
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(fsio, "_syncfs", counting)
+    staged = [fsio.stage_file(root, f"d{i % 3}/{i}.py", b"x", 0o644, MTIME) for i in range(9)]
+    fsio.commit(staged)
+    assert len(calls) == 1
+    assert all(s.final_path.read_bytes() == b"x" for s in staged)
+
+
+def test_commit_falls_back_to_fsync_without_syncfs(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fsio, "_syncfs", lambda fd: False)
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    staged = [fsio.stage_file(root, f"{i}.py", b"x", 0o644, MTIME) for i in range(3)]
+    fsio.commit(staged)
+    assert len(fsyncs) == 3 + 1  # each file, then the directory once
+    assert temps_below(root) == []
+
+
+def test_stage_failure_leaves_no_temp(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError) as info:
+        fsio.stage_file(root, "dag.py", b"data", 0o644, MTIME)
+    assert info.value.errno == errno.ENOSPC
+    assert temps_below(root) == []
+
+
+def test_stage_onto_a_directory_is_refused(root: Path) -> None:
+    (root / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        fsio.stage_file(root, "d", b"x", 0o644, MTIME)
+    assert temps_below(root) == []
+
+
+def test_commit_reports_failures_and_commits_the_rest(root: Path) -> None:
+    good = fsio.stage_file(root, "good.py", b"good", 0o644, MTIME)
+    now_dir = fsio.stage_file(root, "became_dir", b"x", 0o644, MTIME)
+    (root / "became_dir").mkdir()
+    with pytest.raises(fsio.CommitError) as info:
+        fsio.commit([good, now_dir])
+    assert set(info.value.failed) == {"became_dir"}
+    assert isinstance(info.value.failed["became_dir"], IsADirectoryError)
+    assert (root / "good.py").read_bytes() == b"good"
+    assert temps_below(root) == []
+
+
+def test_write_file_raises_the_underlying_error(root: Path) -> None:
+    (root / "d").mkdir()
+    (root / "d" / "x").write_bytes(b"keep")
+    with pytest.raises(IsADirectoryError):
+        fsio.write_file(root, "d", b"x", 0o644, MTIME)
+    assert (root / "d" / "x").read_bytes() == b"keep"
+
+
+def test_commit_refuses_parent_that_became_a_symlink(root: Path, outside: Path) -> None:
+    s = fsio.stage_file(root, "sub/dag.py", b"evil", 0o644, MTIME)
+    (root / "sub").rename(root / "moved")
+    (root / "sub").symlink_to(outside)
+    with pytest.raises(fsio.CommitError) as info:
+        fsio.commit([s])
+    assert isinstance(info.value.failed["sub/dag.py"], PathRefused)
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.py"]
+
+
+# --- confinement ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def linked(root: Path, outside: Path) -> Path:
+    """root/escape -> outside, a symlinked directory a peer might try to write through."""
+    (root / "escape").symlink_to(outside)
+    return root
+
+
+def test_write_through_symlinked_parent_is_refused(linked: Path, outside: Path) -> None:
+    with pytest.raises(PathRefused, match="escape"):
+        fsio.write_file(linked, "escape/victim.py", b"pwned", 0o644, MTIME)
+    with pytest.raises(PathRefused):
+        fsio.write_file(linked, "escape/new/dag.py", b"pwned", 0o644, MTIME)
+    assert (outside / "victim.py").read_bytes() == b"original"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.py"]
+
+
+def test_remove_read_meta_symlink_through_symlinked_parent_are_refused(
+    linked: Path, outside: Path
+) -> None:
+    with pytest.raises(PathRefused):
+        fsio.remove_file(linked, "escape/victim.py")
+    with pytest.raises(PathRefused):
+        fsio.read_range(linked, "escape/victim.py", 0, 100)
+    with pytest.raises(PathRefused):
+        fsio.set_meta(linked, "escape/victim.py", 0o777, MTIME)
+    with pytest.raises(PathRefused):
+        fsio.make_symlink(linked, "escape/l", "victim.py")
+    assert (outside / "victim.py").read_bytes() == b"original"
+    assert stat.S_IMODE((outside / "victim.py").stat().st_mode) != 0o777
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.py"]
+
+
+def test_deeper_symlinked_parent_is_refused(root: Path, outside: Path) -> None:
+    (root / "a").mkdir()
+    (root / "a" / "b").symlink_to(outside)
+    with pytest.raises(PathRefused, match="'a/b'"):
+        fsio.write_file(root, "a/b/c/dag.py", b"x", 0o644, MTIME)
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.py"]
+
+
+def test_parent_that_is_a_file_is_refused(root: Path) -> None:
+    (root / "f").write_bytes(b"")
+    with pytest.raises(PathRefused, match="not a directory"):
+        fsio.write_file(root, "f/dag.py", b"x", 0o644, MTIME)
+
+
+def test_root_itself_may_be_a_symlink(tmp_path: Path, root: Path) -> None:
+    alias = tmp_path / "alias"
+    alias.symlink_to(root)
+    fsio.write_file(alias, "dag.py", b"x", 0o644, MTIME)
+    assert (root / "dag.py").read_bytes() == b"x"
+
+
+def test_final_symlink_is_replaced_not_followed(root: Path, outside: Path) -> None:
+    (root / "dag.py").symlink_to(outside / "victim.py")
+    fsio.write_file(root, "dag.py", b"mine", 0o644, MTIME)
+    assert not (root / "dag.py").is_symlink()
+    assert (root / "dag.py").read_bytes() == b"mine"
+    assert (outside / "victim.py").read_bytes() == b"original"
+
+
+def test_read_range_does_not_follow_a_final_symlink(root: Path, outside: Path) -> None:
+    (root / "dag.py").symlink_to(outside / "victim.py")
+    with pytest.raises(PathRefused, match="symlink"):
+        fsio.read_range(root, "dag.py", 0, 10)
+
+
+# --- reads, metadata, symlinks --------------------------------------------------------
+
+
+def test_read_range_reads_slices_and_short_at_eof(root: Path) -> None:
+    data = bytes(range(256)) * 10_000
+    (root / "big").write_bytes(data)
+    assert fsio.read_range(root, "big", 0, 10) == data[:10]
+    assert fsio.read_range(root, "big", 1000, 2_000_000) == data[1000:2_001_000]
+    assert fsio.read_range(root, "big", 1000, 10_000_000) == data[1000:]
+    assert fsio.read_range(root, "big", len(data), 10) == b""
+    with pytest.raises(ValueError):
+        fsio.read_range(root, "big", -1, 10)
+
+
+def test_read_range_of_missing_file_raises(root: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        fsio.read_range(root, "nope/dag.py", 0, 1)
+
+
+def test_read_range_refuses_non_regular_files(root: Path) -> None:
+    os.mkfifo(root / "fifo")
+    with pytest.raises(PathRefused, match="not a regular file"):
+        fsio.read_range(root, "fifo", 0, 1)
+
+
+def test_set_meta_sets_mode_and_mtime(root: Path) -> None:
+    (root / "dag.py").write_bytes(b"x")
+    fsio.set_meta(root, "dag.py", 0o640, MTIME)
+    st = (root / "dag.py").stat()
+    assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_mtime_ns == MTIME
+
+
+def test_set_meta_on_symlink_leaves_target_alone(root: Path) -> None:
+    (root / "t.py").write_bytes(b"x")
+    os.chmod(root / "t.py", 0o644)
+    before = (root / "t.py").stat()
+    (root / "l.py").symlink_to("t.py")
+    fsio.set_meta(root, "l.py", 0o777, MTIME)
+    after = (root / "t.py").stat()
+    assert stat.S_IMODE(after.st_mode) == 0o644 and after.st_mtime_ns == before.st_mtime_ns
+    assert os.lstat(root / "l.py").st_mtime_ns == MTIME
+
+
+def test_set_meta_refuses_directories(root: Path) -> None:
+    (root / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        fsio.set_meta(root, "d", 0o777, MTIME)
+
+
+def test_make_symlink_is_atomic_and_replaces_a_file(root: Path) -> None:
+    (root / "lib").mkdir()
+    (root / "lib" / "x.py").write_bytes(b"x")
+    (root / "sub").mkdir()
+    (root / "sub" / "l.py").write_bytes(b"old")
+    fsio.make_symlink(root, "sub/l.py", "../lib/x.py")
+    assert os.readlink(root / "sub" / "l.py") == "../lib/x.py"
+    assert (root / "sub" / "l.py").read_bytes() == b"x"
+    fsio.make_symlink(root, "sub/l.py", "../lib")  # replace a link by another link
+    assert os.readlink(root / "sub" / "l.py") == "../lib"
+    assert temps_below(root) == []
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "../outside", "..", "a/../../x", ""])
+def test_make_symlink_refuses_targets_leaving_the_folder(root: Path, target: str) -> None:
+    with pytest.raises(PathRefused):
+        fsio.make_symlink(root, "l", target)
+    assert list(root.iterdir()) == []
+
+
+# --- removal -------------------------------------------------------------------------
+
+
+def test_remove_file_prunes_empty_parents_up_to_root(root: Path) -> None:
+    fsio.write_file(root, "a/b/c/dag.py", b"x", 0o644, MTIME)
+    fsio.write_file(root, "a/keep.py", b"x", 0o644, MTIME)
+    assert fsio.remove_file(root, "a/b/c/dag.py") is True
+    assert not (root / "a" / "b").exists()
+    assert (root / "a" / "keep.py").exists()
+    assert fsio.remove_file(root, "a/keep.py") is True
+    assert root.is_dir() and list(root.iterdir()) == []
+
+
+def test_remove_file_reports_already_gone(root: Path) -> None:
+    assert fsio.remove_file(root, "missing.py") is False
+    assert fsio.remove_file(root, "no/such/dir/missing.py") is False
+
+
+def test_remove_file_never_removes_a_directory(root: Path) -> None:
+    (root / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        fsio.remove_file(root, "d")
+    assert (root / "d").is_dir()
+
+
+def test_remove_file_removes_a_symlink_not_its_target(root: Path, outside: Path) -> None:
+    (root / "l.py").symlink_to(outside / "victim.py")
+    assert fsio.remove_file(root, "l.py") is True
+    assert not (root / "l.py").is_symlink()
+    assert (outside / "victim.py").read_bytes() == b"original"
+
+
+# --- crash leftovers ---------------------------------------------------------------------
+
+
+def test_cleanup_temp_files_removes_crash_leftovers_only(root: Path, outside: Path) -> None:
+    leftovers = [root / ".~dagsync.aaaa.tmp", root / "d" / "e" / ".~dagsync.bbbb.tmp"]
+    (root / "d" / "e").mkdir(parents=True)
+    for p in leftovers:
+        p.write_bytes(b"half")
+    link_temp = root / "d" / ".~dagsync.cccc.tmp"
+    link_temp.symlink_to("e")  # a crashed make_symlink
+    leftovers.append(link_temp)
+    keep = [root / "x.tmp", root / ".~dagsync", root / "d" / "dag.py", root / ".hidden.tmp"]
+    for p in keep:
+        p.write_bytes(b"keep")
+    (root / "d" / ".~dagsync.dddd.tmp.d").mkdir()  # a directory is never ours
+    (outside / ".~dagsync.eeee.tmp").write_bytes(b"not ours")
+    (root / "escape").symlink_to(outside)
+
+    removed = fsio.cleanup_temp_files(root)
+
+    assert sorted(removed) == sorted(leftovers)
+    assert not any(os.path.lexists(p) for p in leftovers)
+    assert all(p.exists() for p in keep)
+    assert (outside / ".~dagsync.eeee.tmp").exists()
+    assert (root / "d" / ".~dagsync.dddd.tmp.d").is_dir()
+
+
+def test_cleanup_after_simulated_crash_between_stage_and_commit(root: Path) -> None:
+    staged = fsio.stage_file(root, "a/dag.py", b"x", 0o644, MTIME)
+    assert fsio.cleanup_temp_files(root) == [staged.temp_path]
+    assert temps_below(root) == []
+    assert not (root / "a" / "dag.py").exists()
+
+
+def test_ensure_dir_creates_and_rejects_files(tmp_path: Path) -> None:
+    target = tmp_path / "state" / "tmp"
+    fsio.ensure_dir(target)
+    fsio.ensure_dir(target)  # idempotent
+    assert target.is_dir()
+    assert stat.S_IMODE(target.stat().st_mode) & 0o077 == 0
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(FileExistsError):
+        fsio.ensure_dir(tmp_path / "file")
