@@ -26,6 +26,8 @@ def free_port() -> int:
 
 @dataclass
 class TestNode:
+    __test__ = False  # a harness class, not a test
+
     name: str
     base: Path
     port: int

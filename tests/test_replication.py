@@ -1,0 +1,143 @@
+"""Real agents on loopback: convergence, deletes, renames, no resurrection, conflicts."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from tests.cluster import snapshot, wait_converged, wait_until, write
+
+
+def test_two_nodes_converge_content_mode_and_mtime(cluster: Any) -> None:
+    nodes = cluster("a", "b")
+    a, b = nodes["a"], nodes["b"]
+    write(a.dags / "etl.py", "from airflow import DAG\n")
+    write(a.dags / "team/x/report.py", "print('r')\n", mode=0o750)
+    os.utime(a.dags / "etl.py", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    write(b.dags / "from_b.py", "b = 1\n")
+    a.start()
+    b.start()
+    wait_converged([a, b])
+    st = (b.dags / "team/x/report.py").stat()
+    assert st.st_mode & 0o777 == 0o750
+    assert (b.dags / "etl.py").stat().st_mtime_ns == 1_600_000_000_123_456_789
+    assert (a.dags / "from_b.py").read_text() == "b = 1\n"
+
+
+def test_three_nodes_propagate_edits_deletes_and_renames(cluster: Any) -> None:
+    nodes = cluster("a", "b", "c")
+    a, b, c = nodes.values()
+    for i in range(20):
+        write(a.dags / f"d{i % 4}/dag_{i}.py", f"dag = {i}\n")
+    for n in nodes.values():
+        n.start()
+    wait_converged(nodes.values())
+    (b.dags / "d0/dag_0.py").unlink()
+    os.rename(c.dags / "d1/dag_1.py", c.dags / "d1/renamed.py")
+    write(a.dags / "d2/dag_2.py", "dag = 'edited'\n")
+    wait_converged(nodes.values())
+    for n in nodes.values():
+        assert not (n.dags / "d0/dag_0.py").exists()
+        assert (n.dags / "d1/renamed.py").read_text() == "dag = 1\n"
+        assert not (n.dags / "d1/dag_1.py").exists()
+        assert (n.dags / "d2/dag_2.py").read_text() == "dag = 'edited'\n"
+
+
+def test_node_down_during_delete_does_not_resurrect_it(cluster: Any) -> None:
+    nodes = cluster("a", "b", "c")
+    a, b, c = nodes.values()
+    write(a.dags / "old.py", "old = 1\n")
+    write(a.dags / "keep.py", "keep = 1\n")
+    for n in nodes.values():
+        n.start()
+    wait_converged(nodes.values())
+    c.stop()
+    (a.dags / "old.py").unlink()
+    wait_until(lambda: not (b.dags / "old.py").exists(), 20, "delete reaching b")
+    assert (c.dags / "old.py").exists()  # c was down: it still has it
+    c.start()
+    wait_converged(nodes.values())
+    time.sleep(2.5)  # more than a scan interval: nothing comes back
+    for n in nodes.values():
+        assert not (n.dags / "old.py").exists()
+        assert (n.dags / "keep.py").exists()
+
+
+def test_concurrent_edits_pick_one_winner_and_archive_the_loser(cluster: Any) -> None:
+    nodes = cluster("a", "b", "c")
+    a, b, c = nodes.values()
+    write(a.dags / "shared.py", "v = 0\n")
+    for n in nodes.values():
+        n.start()
+    wait_converged(nodes.values())
+    a.stop()
+    b.stop()
+    write(a.dags / "shared.py", "v = 'from a'\n")
+    time.sleep(0.05)
+    write(b.dags / "shared.py", "v = 'from b, later'\n")
+    a.start()
+    b.start()
+    wait_converged(nodes.values())
+    for n in nodes.values():
+        assert (n.dags / "shared.py").read_text() == "v = 'from b, later'\n"
+        assert sorted(snapshot(n.dags)) == ["shared.py"]  # no conflict copy in the folder
+    listing = a.run("conflicts", "list", check=True).stdout
+    assert "shared.py" in listing and "a" in listing
+    archived = next(a.state.joinpath("conflicts/dags").glob("shared.py.*"))
+    assert archived.read_text() == "v = 'from a'\n"
+
+    restored = a.run("conflicts", "restore", "1", check=True)
+    assert "restored" in restored.stdout
+    wait_converged(nodes.values())
+    for n in nodes.values():
+        assert (n.dags / "shared.py").read_text() == "v = 'from a'\n"
+
+
+def test_sync_with_a_peer_down_exits_zero_and_names_it(cluster: Any) -> None:
+    nodes = cluster("a", "b", "c")
+    a, b, c = nodes.values()
+    write(a.dags / "x.py", "x = 1\n")
+    b.start()  # c stays down
+    res = a.run("sync", "--timeout", "20")
+    assert res.returncode == 0, res.stderr
+    assert "peer c" in res.stderr
+    assert (b.dags / "x.py").read_text() == "x = 1\n"
+    strict = a.run("sync", "--strict", "--timeout", "20")
+    assert strict.returncode == 1
+    assert "peer c" in strict.stderr
+
+
+def test_sync_without_agents_both_ways_and_dry_run(cluster: Any) -> None:
+    nodes = cluster("a", "b")
+    a, b = nodes["a"], nodes["b"]
+    write(a.dags / "from_a.py", "a = 1\n")
+    write(b.dags / "from_b.py", "b = 1\n")
+    b.start()
+    dry = a.run("sync", "--dry-run", "--peer", "b", check=True)
+    assert "from_b.py" in dry.stdout and "from_a.py" in dry.stdout
+    assert not (a.dags / "from_b.py").exists()
+    a.run("sync", "--peer", "b", check=True)
+    wait_converged([a, b], 10)
+
+
+def test_sync_asks_the_running_agent(cluster: Any) -> None:
+    nodes = cluster("a", "b")
+    a, b = nodes["a"], nodes["b"]
+    a.start()
+    b.start()
+    write(a.dags / "late.py", "late = 1\n")
+    res = a.run("sync", check=True)
+    assert "local agent" in res.stderr
+    assert (b.dags / "late.py").read_text() == "late = 1\n"
+
+
+def test_bad_config_exits_2_with_one_line(cluster: Any) -> None:
+    nodes = cluster("a")
+    a = nodes["a"]
+    a.config.write_text(a.config.read_text().replace("send-receive", "sendrecv"))
+    for cmd in (("agent",), ("sync",), ("status",)):
+        res = a.run(*cmd)
+        assert res.returncode == 2, (cmd, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "folders[0].mode" in lines[0] and "Traceback" not in res.stderr
