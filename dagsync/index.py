@@ -10,11 +10,13 @@ highest one they processed and ask for what follows (`since`). With synchronous=
 OS crash or power loss may roll back the last transactions, which could hand out a number
 again for different content; so an index not closed cleanly moves every folder's counter
 ahead by `SEQ_GAP` on the next open (what was lost is found again by the next scan).
+The index belongs to one process at a time (the agent holds agent.lock).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import secrets
 import sqlite3
@@ -28,6 +30,7 @@ from dagsync.errors import DagsyncError
 from dagsync.model import FileVersion, Kind
 
 SEQ_GAP = 1 << 32
+_VV_CACHE_MAX = 100_000
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema
@@ -149,8 +152,8 @@ class Index:
         except sqlite3.Error as exc:
             conn.close()
             raise IndexUnavailable(
-                f"{db_path}: the index database is unreadable or corrupt ({exc}); "
-                "stop the agent and move it away: it is rebuilt by the next scan"
+                f"{db_path}: the index database is corrupt or unreadable ({exc}); "
+                "move it away to start a new index"
             ) from exc
         except BaseException:
             conn.close()
@@ -274,55 +277,83 @@ class Index:
             return self._folder_row(c, folder)[0]
 
     def max_seq(self, folder: str) -> int:
-        """The highest sequence number handed out in `folder` (0 when none)."""
+        """The highest sequence number among the records of `folder` (0 when none)."""
         with self._db() as c:
-            row = c.execute("SELECT last_seq FROM folders WHERE folder=?", (folder,)).fetchone()
-        return int(row[0]) if row is not None else 0
+            row = c.execute("SELECT max(seq) FROM files WHERE folder=?", (folder,)).fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else 0
 
     # -- records -----------------------------------------------------------------------
 
-    def _vv(self, text: str) -> VersionVector:
-        vv = self._vv_cache.get(text)
-        if vv is None:
-            # Our own JSON from VersionVector.to_wire: already sorted and valid.
-            vv = VersionVector(tuple((str(n), int(c)) for n, c in json.loads(text)))
-            if len(self._vv_cache) < 65536:
-                self._vv_cache[text] = vv
-        return vv
+    def _records(self, rows: list[_Row]) -> list[Record]:
+        """Rows to records. Version vectors are parsed once per distinct text, all in one
+        json.loads call (most files share a few vectors); the cyclic GC is paused while
+        tens of thousands of objects are built, which otherwise triples the time."""
+        cache = self._vv_cache
+        texts = list({row[8] for row in rows if row[8] not in cache})
+        kinds = _KINDS
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            if texts:
+                if len(cache) + len(texts) > _VV_CACHE_MAX:
+                    cache.clear()
+                # Our own JSON from VersionVector.to_wire: already sorted and valid.
+                for text, pairs in zip(texts, json.loads("[" + ",".join(texts) + "]"), strict=True):
+                    cache[text] = VersionVector(tuple((str(n), int(c)) for n, c in pairs))
+            out = []
+            for (
+                path,
+                seq,
+                kind,
+                size,
+                mtime,
+                mode,
+                hsh,
+                dead,
+                vv,
+                hlc,
+                origin,
+                target,
+                ss,
+                sm,
+                si,
+            ) in rows:
+                version = FileVersion(
+                    path,
+                    kinds[kind],
+                    size,
+                    mtime,
+                    mode,
+                    hsh,
+                    bool(dead),
+                    cache[vv],
+                    hlc,
+                    origin,
+                    target,
+                )
+                stat = None if ss is None or sm is None or si is None else LocalStat(ss, sm, si)
+                out.append(Record(version, seq, stat))
+            return out
+        except (ValueError, TypeError, KeyError) as exc:
+            raise IndexUnavailable(
+                f"{self.path}: corrupt record in the index database: {exc!r}"
+            ) from exc
+        finally:
+            if was_enabled:
+                gc.enable()
 
-    def _record(self, row: _Row) -> Record:
-        (path, seq, kind, size, mtime, mode, hsh, deleted, vv, hlc, origin, target, ss, sm, si) = (
-            row
-        )
-        version = FileVersion(
-            path,
-            _KINDS[kind],
-            size,
-            mtime,
-            mode,
-            hsh,
-            bool(deleted),
-            self._vv(vv),
-            hlc,
-            origin,
-            target,
-        )
-        stat = None if ss is None or sm is None or si is None else LocalStat(ss, sm, si)
-        return Record(version, seq, stat)
+    def _select(self, where: str, params: tuple[object, ...]) -> list[Record]:
+        with self._db() as c:
+            rows = c.execute(f"SELECT {_COLUMNS} FROM files WHERE {where}", params).fetchall()
+        return self._records(rows)
 
     def load(self, folder: str) -> dict[str, Record]:
         """Every record of `folder`, deletes included, by path."""
-        with self._db() as c:
-            rows = c.execute(f"SELECT {_COLUMNS} FROM files WHERE folder=?", (folder,)).fetchall()
-        rec = self._record
-        return {row[0]: rec(row) for row in rows}
+        return {r.version.path: r for r in self._select("folder=?", (folder,))}
 
     def get(self, folder: str, path: str) -> Record | None:
-        with self._db() as c:
-            row = c.execute(
-                f"SELECT {_COLUMNS} FROM files WHERE folder=? AND path=?", (folder, path)
-            ).fetchone()
-        return None if row is None else self._record(row)
+        found = self._select("folder=? AND path=?", (folder, path))
+        return found[0] if found else None
 
     def put(
         self, folder: str, items: Sequence[tuple[FileVersion, LocalStat | None]]
@@ -353,13 +384,7 @@ class Index:
 
     def since(self, folder: str, seq: int, limit: int = 1000) -> list[Record]:
         """Records with a sequence number above `seq`, in sequence order, at most `limit`."""
-        with self._db() as c:
-            rows = c.execute(
-                f"SELECT {_COLUMNS} FROM files WHERE folder=? AND seq>? ORDER BY seq LIMIT ?",
-                (folder, seq, limit),
-            ).fetchall()
-        rec = self._record
-        return [rec(row) for row in rows]
+        return self._select("folder=? AND seq>? ORDER BY seq LIMIT ?", (folder, seq, limit))
 
     def count(self, folder: str) -> tuple[int, int]:
         """(live files and symlinks, their total bytes); deletes excluded."""

@@ -389,11 +389,11 @@ class _Scan:
         unmounted or vanished folder must never look like one whose files were deleted)."""
         try:
             st = os.stat(self.root)
+            if not st_.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
         except OSError as exc:
-            self.unreadable_dir("", exc)
-            return False
-        if not st_.S_ISDIR(st.st_mode):
-            self.unreadable_dir("", NotADirectoryError(errno.ENOTDIR, "not a directory"))
+            self.problem("", f"folder {self.root} unreadable: {exc.strerror or exc}")
+            self.unreadable.append("")
             return False
         return True
 
@@ -451,7 +451,8 @@ def scan_folder(
 ) -> ScanResult:
     """Walk the whole folder at `root` and report what differs from `known`."""
     scan = _Scan(root, known, ignore, max_file_size)
-    scan.walk(scan.root, "")
+    if scan.root_ok():
+        scan.walk(scan.root, "")
     return scan.result()
 
 

@@ -66,7 +66,7 @@ def test_node_down_during_delete_does_not_resurrect_it(cluster: Any) -> None:
 
 def test_concurrent_edits_pick_one_winner_and_archive_the_loser(cluster: Any) -> None:
     nodes = cluster("a", "b", "c")
-    a, b, c = nodes.values()
+    a, b, _c = nodes.values()
     write(a.dags / "shared.py", "v = 0\n")
     for n in nodes.values():
         n.start()
@@ -96,7 +96,7 @@ def test_concurrent_edits_pick_one_winner_and_archive_the_loser(cluster: Any) ->
 
 def test_sync_with_a_peer_down_exits_zero_and_names_it(cluster: Any) -> None:
     nodes = cluster("a", "b", "c")
-    a, b, c = nodes.values()
+    a, b, _c = nodes.values()
     write(a.dags / "x.py", "x = 1\n")
     b.start()  # c stays down
     res = a.run("sync", "--timeout", "20")
