@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from dagsync import transport
-from dagsync.config import Config, PeerConfig
-from dagsync.errors import DagsyncError, ProtocolError, TransportError
-from dagsync.node import Node
+from dagsync.config import Config, PeerConfig, load_config
+from dagsync.errors import DagsyncError, PeerClosed, ProtocolError, TransportError
+from dagsync.node import Node, PeerState
 from dagsync.peer import PeerConnection
+from dagsync.watcher import FolderWatcher, WatchUnavailable
 
 log = logging.getLogger("dagsync.agent")
 
@@ -89,7 +90,10 @@ class Agent:
         self._dialers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.watchers: dict[str, FolderWatcher] = {}
         self.started = time.time()
+        self.node_key: Any = None
+        self.ready = asyncio.Event()  # peers served and first scan done (systemd READY=1)
 
     async def run(self) -> None:
         cfg = self.config
@@ -102,13 +106,15 @@ class Agent:
 
     async def _run(self) -> None:
         cfg = self.config
-        node_key = transport.load_node_key(cfg.node.key)
+        node_key = self.node_key = transport.load_node_key(cfg.node.key)
         node = self.node = Node(cfg)
         try:
             await node.open()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._request_stop, sig)
+            loop.add_signal_handler(signal.SIGHUP, self._reload)
+            self._start_watchers()
             await node.scan_all()
             server = await transport.serve(
                 cfg.node.listen_host, cfg.node.listen_port, node_key, node.authorize,
@@ -127,8 +133,11 @@ class Agent:
             for peer in cfg.peers:
                 self._start_dialer(peer, node_key)
             self._spawn(self._scan_loop())
+            self.ready.set()
             await self.stop.wait()
             log.info("agent %s stopping", node.name)
+            for watcher in self.watchers.values():
+                watcher.stop()
             server.close()
             control.close()
             for conn in list(node.connections.values()):
@@ -152,6 +161,63 @@ class Agent:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _start_watchers(self) -> None:
+        node = self.node
+        assert node is not None
+        loop = asyncio.get_running_loop()
+        for folder in node.folders.values():
+            watcher = FolderWatcher(folder.root, folder.ignore, folder.scan_some,
+                                    self.config.settle, loop)
+            try:
+                watcher.start()
+            except WatchUnavailable as exc:
+                folder.watcher_mode = "polling"
+                log.warning("folder %s: cannot watch %s (%s); falling back to full scans "
+                            "every %.0f s", folder.id, folder.root, exc,
+                            self.config.scan_interval)
+                continue
+            folder.watcher_mode = "inotify"
+            self.watchers[folder.id] = watcher
+            self._spawn(watcher.run())
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config; peers are added or removed without a restart. An
+        invalid config is refused and the running one kept."""
+        try:
+            new = load_config(self.config.source)
+        except DagsyncError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        old = self.config
+        if (new.node, new.folders) != (old.node, old.folders):
+            log.warning("reload: node and folder changes take effect at the next restart; "
+                        "peer changes apply now")
+            new = _with_peers(old, new)
+        node = self.node
+        assert node is not None
+        self.config = new
+        node.config = new
+        old_peers = {p.name: p for p in old.peers}
+        new_peers = {p.name: p for p in new.peers}
+        for name, peer in old_peers.items():
+            if new_peers.get(name) != peer:
+                task = self._dialers.pop(name, None)
+                if task:
+                    task.cancel()
+                conn = node.connections.get(name)
+                if conn:
+                    conn.close("peer removed or changed by reload")
+                if name not in new_peers:
+                    node.peers.pop(name, None)
+                    log.info("reload: peer %s removed", name)
+        for name, peer in new_peers.items():
+            if old_peers.get(name) != peer:
+                node.peers.setdefault(name, PeerState(name))
+                self._start_dialer(peer, self.node_key)
+                log.info("reload: peer %s %s", name, "added" if name not in old_peers
+                         else "changed")
+        log.info("configuration reloaded from %s", new.source)
 
     async def _scan_loop(self) -> None:
         assert self.node is not None
@@ -188,6 +254,8 @@ class Agent:
                 stream = await transport.dial(peer, node.name, node_key, self.config.node.key)
                 conn = PeerConnection(node, stream, expected_name=peer.name, initiator=True)
                 await conn.run()
+            except PeerClosed as exc:
+                log.info("%s", exc)
             except (TransportError, ProtocolError) as exc:
                 node.note_error(peer.name, str(exc))
                 level = logging.WARNING if attempt == 0 else logging.DEBUG
@@ -211,6 +279,8 @@ class Agent:
         conn = PeerConnection(node, stream, expected_name=peer_name, initiator=False)
         try:
             await conn.run()
+        except PeerClosed as exc:
+            log.info("%s", exc)
         except (TransportError, ProtocolError) as exc:
             node.note_error(peer_name, str(exc))
             log.warning("peer %s (incoming): %s", peer_name, exc)
@@ -304,7 +374,7 @@ class Agent:
             folders.append({
                 "id": f.id, "path": str(f.root), "mode": f.cfg.mode.value, "files": files,
                 "bytes": size, "digest": f.digest(), "last_scan": f.last_scan,
-                "problems": f.last_scan_problems[:20], "watcher": "polling",
+                "problems": f.last_scan_problems[:20], "watcher": f.watcher_mode,
                 "local_edits_refused": f.local_edits_refused,
             })
         peers = [s.as_dict() for s in node.peers.values()]
@@ -323,3 +393,11 @@ class Agent:
                     digests[name] = None
             reply["cluster"] = digests
         return reply
+
+
+def _with_peers(old: Config, new: Config) -> Config:
+    """The running config with only the peers (and timings) of the new one."""
+    import dataclasses
+
+    return dataclasses.replace(old, peers=new.peers, scan_interval=new.scan_interval,
+                               settle=new.settle)

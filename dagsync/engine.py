@@ -115,6 +115,7 @@ class FolderEngine:
         self.local_edits_refused = 0  # edits on a receive-only folder
         self.on_applied: list[Callable[[list[str]], None]] = []
         self.reverts: set[str] = set()  # receive-only paths awaiting the cluster's version
+        self.watcher_mode = "none"  # inotify | polling | none (one-shot runs)
 
     # --- start-up and queries --------------------------------------------------------
 

@@ -38,5 +38,9 @@ class TransportError(DagsyncError):
     """A peer could not be reached or the connection broke."""
 
 
+class PeerClosed(TransportError):
+    """The peer ended the connection on purpose (stopping, duplicate, round done)."""
+
+
 class AgentNotRunning(DagsyncError):
     """No agent answers on the control socket."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dagsync import protocol as p
-from dagsync.errors import DagsyncError, ProtocolError, TransportError
+from dagsync.errors import DagsyncError, PeerClosed, ProtocolError, TransportError
 from dagsync.model import FileVersion
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class PeerConnection:
                 if isinstance(msg, p.Hello):
                     return msg
                 if isinstance(msg, p.Close):
-                    raise TransportError(f"peer {self.peer_name} closed: {msg.reason}")
+                    raise PeerClosed(f"peer {self.peer_name} closed: {msg.reason}")
 
     def _accept_hello(self, hello: p.Hello) -> None:
         name = hello.node
@@ -240,7 +240,7 @@ class PeerConnection:
             if waiter is not None and not waiter.done():
                 waiter.set_result(msg)
         elif isinstance(msg, p.Close):
-            raise TransportError(f"peer {self.peer_name} closed the connection: {msg.reason}")
+            raise PeerClosed(f"peer {self.peer_name} closed the connection: {msg.reason}")
 
     def _link(self, folder_id: str) -> FolderLink:
         link = self.links.get(folder_id)

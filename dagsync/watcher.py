@@ -1,0 +1,154 @@
+"""Live watching: watchdog (inotify) events → asyncio, coalesced into rounds.
+
+A closed file is taken after a short quiet window so a burst (`git checkout`) becomes one
+round; a file modified but not yet closed waits until it has been quiet for `settle`.
+The scanner refuses files that some process still holds open for writing, so a file
+being copied is never shipped half-written. When inotify cannot watch (watch limit) or
+drops events (queue overflow), the folder falls back to full scans and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from dagsync.ignore import IgnoreMatcher
+
+log = logging.getLogger("dagsync.watcher")
+
+COALESCE = 0.008  # quiet time after a close before a round starts
+MAX_DELAY = 0.25  # a round starts at the latest this long after its first event
+WANTED_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileDeletedEvent, FileMovedEvent,
+    FileClosedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
+]
+
+OnPaths = Callable[[set[str]], Awaitable[object]]
+
+
+class WatchUnavailable(Exception):
+    pass
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: FolderWatcher) -> None:
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        w = self.watcher
+        paths = [event.src_path]
+        dest = getattr(event, "dest_path", "")
+        if dest:
+            paths.append(dest)
+        closed = isinstance(event, FileClosedEvent)
+        rels = [r for r in (w.relative(os.fsdecode(p)) for p in paths) if r is not None]
+        if rels:
+            w.loop.call_soon_threadsafe(w.note, rels, closed)
+
+
+class FolderWatcher:
+    def __init__(
+        self,
+        root: Path,
+        ignore: IgnoreMatcher,
+        on_paths: OnPaths,
+        settle: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.root = root
+        self.prefix = os.fsdecode(root).rstrip("/") + "/"
+        self.ignore = ignore
+        self.on_paths = on_paths
+        self.settle = settle
+        self.loop = loop
+        self.pending: dict[str, tuple[float, bool]] = {}  # path -> (last event, closed)
+        self.first_event: float | None = None
+        self.wakeup = asyncio.Event()
+        self.observer: Observer | None = None  # type: ignore[valid-type]
+        self.rounds = 0
+        self.events = 0
+
+    def relative(self, path: str) -> str | None:
+        if not path.startswith(self.prefix):
+            return None
+        rel = path[len(self.prefix):]
+        name = rel.rsplit("/", 1)[-1]
+        if not rel or self.ignore.ignored(rel, False) or self.ignore.ignored(name, False):
+            return None
+        return rel
+
+    def start(self) -> None:
+        observer = Observer()
+        try:
+            observer.schedule(_Handler(self), str(self.root), recursive=True,
+                              event_filter=WANTED_EVENTS)
+            observer.start()
+        except OSError as exc:
+            observer.stop()
+            raise WatchUnavailable(exc.strerror or str(exc)) from None
+        self.observer = observer
+
+    def stop(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=2)
+            self.observer = None
+
+    def note(self, paths: list[str], closed: bool) -> None:
+        now = time.monotonic()
+        self.events += 1
+        for path in paths:
+            _, was_closed = self.pending.get(path, (now, False))
+            self.pending[path] = (now, closed or was_closed)
+        if self.first_event is None:
+            self.first_event = now
+        self.wakeup.set()
+
+    def _ready(self, now: float) -> tuple[set[str], float | None]:
+        """Paths to take now, and how long until the next one may be ready."""
+        last_event = max(t for t, _ in self.pending.values())
+        quiet = now - last_event
+        overdue = self.first_event is not None and now - self.first_event >= MAX_DELAY
+        if quiet < COALESCE and not overdue:
+            return set(), COALESCE - quiet
+        ready = {p for p, (t, closed) in self.pending.items()
+                 if closed or now - t >= self.settle or overdue}
+        waiting = [self.settle - (now - t) for p, (t, _) in self.pending.items() if p not in ready]
+        return ready, (max(0.001, min(waiting)) if waiting else None)
+
+    async def run(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self.pending:
+                ready, wait = self._ready(time.monotonic())
+                if ready:
+                    for p in ready:
+                        del self.pending[p]
+                    self.first_event = time.monotonic() if self.pending else None
+                    self.rounds += 1
+                    try:
+                        await self.on_paths(ready)
+                    except Exception:
+                        log.exception("watched change round failed")
+                if wait is not None and self.pending:
+                    await asyncio.sleep(wait)
