@@ -263,6 +263,9 @@ class Agent:
             except DagsyncError as exc:
                 node.note_error(peer.name, str(exc))
                 log.warning("peer %s: %s", peer.name, exc)
+            except Exception as exc:
+                node.note_error(peer.name, f"internal error: {exc}")
+                log.exception("peer %s: connection failed", peer.name)
             if time.monotonic() - started > STABLE_CONNECTION:
                 attempt = 0
             delay = backoff_delay(attempt)
@@ -284,6 +287,8 @@ class Agent:
         except (TransportError, ProtocolError) as exc:
             node.note_error(peer_name, str(exc))
             log.warning("peer %s (incoming): %s", peer_name, exc)
+        except Exception:
+            log.exception("peer %s (incoming): connection failed", peer_name)
 
     # --- control socket --------------------------------------------------------------
 

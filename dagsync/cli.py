@@ -16,6 +16,7 @@ import click
 from dagsync import __version__
 from dagsync.config import Config, load_config
 from dagsync.errors import AgentNotRunning, DagsyncError, UsageError
+from dagsync.leases import ignore_sigio
 from dagsync.logs import setup_logging
 
 T = TypeVar("T")
@@ -64,6 +65,7 @@ def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
 def main(ctx: click.Context, debug: bool, log_level: str, log_format: str) -> None:
     """Keep the DAG folders of an Airflow cluster identical on every node."""
     setup_logging("debug" if debug else log_level, log_format)
+    ignore_sigio()
     ctx.obj = {"debug": debug}
 
 

@@ -16,11 +16,12 @@ import xxhash
 
 from dagsync import fsio
 from dagsync.archive import ConflictArchive
-from dagsync.clock import HybridClock, VersionVector
+from dagsync.clock import HybridClock, VersionVector, hlc_ms
 from dagsync.config import FolderConfig
 from dagsync.errors import PathRefused
 from dagsync.ignore import IgnoreMatcher
 from dagsync.index import Index, LocalStat, Record
+from dagsync.leases import being_written
 from dagsync.model import Action, ActionKind, FileVersion, FolderMode, Kind
 from dagsync.paths import check_relpath, symlink_target_ok
 from dagsync.reconcile import decide
@@ -30,6 +31,7 @@ log = logging.getLogger("dagsync.engine")
 
 Fetch = Callable[[FileVersion], Awaitable[bytes]]
 FETCH_CONCURRENCY = 32
+MAX_AHEAD_MS = 24 * 3600 * 1000  # a peer clock further ahead than this is not followed
 
 
 def wall_ms() -> int:
@@ -48,8 +50,13 @@ class SharedClock:
             return self._clock.tick(wall_ms())
 
     def observe(self, remote: int) -> int:
+        """Move past a peer's clock, unless it claims to be more than MAX_AHEAD_MS in the
+        future: one peer with a broken clock must not drag every later edit with it."""
         with self._lock:
-            return self._clock.observe(remote, wall_ms())
+            now = wall_ms()
+            if hlc_ms(remote) > now + MAX_AHEAD_MS:
+                return self._clock.tick(now)
+            return self._clock.observe(remote, now)
 
     @property
     def last(self) -> int:
@@ -204,6 +211,9 @@ class FolderEngine:
         for obs in result.changed:
             if _lstat_key(self.root, obs.path) != (obs.size, obs.mtime_ns, obs.inode):
                 continue  # changed again since; the next scan takes it
+            if obs.kind is Kind.FILE and being_written(str(self.root / obs.path)):
+                log.debug("folder %s: %s is still open for writing; later", self.id, obs.path)
+                continue  # its close (or the next scan) brings it back
             item = self._observed_version(obs)
             if item is not None:
                 items.append(item)
@@ -253,6 +263,17 @@ class FolderEngine:
                 p for p in self.records
                 if any(p == q or p.startswith(q + "/") for q in limited_to)
             ]
+        if "" in result.unreadable_dirs:
+            return []  # the folder itself could not be read: nothing is known to be gone
+        if limited_to is None and not result.present and any(
+            not r.version.deleted for r in self.records.values()
+        ):
+            # An empty folder where files were: far likelier an unmounted volume or a
+            # wrong path than an operator deleting every DAG. Never wipe the cluster.
+            log.error("folder %s: %s is empty but %d files were there; not propagating "
+                      "deletes (delete files individually, or re-create the folder)", self.id,
+                      self.root, self.counts()[0])
+            return []
         blocked = tuple(d.rstrip("/") + "/" for d in result.unreadable_dirs)
         out: list[tuple[FileVersion, LocalStat | None]] = []
         for path in candidates:
@@ -286,7 +307,7 @@ class FolderEngine:
                     data = fsio.read_range(self.root, version.path, 0, self.max_file_size)
                     self.archive.store(self.id, version.path, data, loser_origin=self.node,
                                        winner_origin="cluster", mode=version.mode)
-                except OSError as exc:
+                except (OSError, PathRefused) as exc:
                     log.warning("folder %s: cannot archive local edit %s: %s",
                                 self.id, version.path, exc)
             log.warning("folder %s: local %s of %s on a receive-only folder: not published, "
@@ -330,7 +351,7 @@ class FolderEngine:
                 continue
             try:
                 item = self._apply_one(p.action, p.remote, contents, staged)
-            except OSError as exc:
+            except (OSError, PathRefused) as exc:
                 outcome.failed.append((p.remote.path, exc.strerror or str(exc)))
                 continue
             if item is not None:
@@ -365,6 +386,8 @@ class FolderEngine:
                     done.append((v, _stat_of(self.root, v.path)))
         if not done:
             return
+        for version, _ in done:
+            self.clock.observe(version.hlc)  # later local edits must beat what we hold
         for rec in self.index.put(self.id, done):
             self.records[rec.version.path] = rec
             self.max_seq = max(self.max_seq, rec.seq)
@@ -491,6 +514,10 @@ class FolderEngine:
                                 "the one from %s", self.id, result.path, result.origin,
                                 loser.origin)
                 item = self._apply_one(action, result, contents, staged)
+            except PathRefused as exc:
+                outcome.refused.append((result.path, str(exc)))
+                log.warning("folder %s: refused remote entry %r: %s", self.id, result.path, exc)
+                continue
             except OSError as exc:
                 outcome.failed.append((result.path, exc.strerror or str(exc)))
                 log.error("folder %s: cannot apply %s: %s", self.id, result.path,

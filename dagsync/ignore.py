@@ -19,13 +19,7 @@ from collections.abc import Sequence
 
 import pathspec
 
-try:
-    from dagsync.paths import is_temp_name as _is_temp_name
-except ImportError:  # pragma: no cover - paths.py is written separately
-
-    def _is_temp_name(name: str) -> bool:
-        return name.startswith(".~dagsync.") and name.endswith(".tmp")
-
+from dagsync.paths import is_temp_name as _is_temp_name
 
 # Editor droppings, VCS metadata and bytecode. "#*#" (Emacs autosave) is written with an
 # escaped "#": unescaped, gitignore reads the line as a comment.

@@ -289,17 +289,26 @@ class Index:
         json.loads call (most files share a few vectors); the cyclic GC is paused while
         tens of thousands of objects are built, which otherwise triples the time."""
         cache = self._vv_cache
-        texts = list({row[8] for row in rows if row[8] not in cache})
+        vvs: dict[str, VersionVector] = {}
+        missing: list[str] = []
+        for text in {row[8] for row in rows}:
+            known = cache.get(text)
+            if known is None:
+                missing.append(text)
+            else:
+                vvs[text] = known
         kinds = _KINDS
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            if texts:
-                if len(cache) + len(texts) > _VV_CACHE_MAX:
-                    cache.clear()
+            if missing:
                 # Our own JSON from VersionVector.to_wire: already sorted and valid.
-                for text, pairs in zip(texts, json.loads("[" + ",".join(texts) + "]"), strict=True):
-                    cache[text] = VersionVector(tuple((str(n), int(c)) for n, c in pairs))
+                parsed = json.loads("[" + ",".join(missing) + "]")
+                for text, pairs in zip(missing, parsed, strict=True):
+                    vvs[text] = VersionVector(tuple((str(n), int(c)) for n, c in pairs))
+                if len(cache) + len(missing) > _VV_CACHE_MAX:
+                    cache.clear()
+                cache.update((t, vvs[t]) for t in missing)
             out = []
             for (
                 path,
@@ -326,7 +335,7 @@ class Index:
                     mode,
                     hsh,
                     bool(dead),
-                    cache[vv],
+                    vvs[vv],
                     hlc,
                     origin,
                     target,

@@ -33,4 +33,5 @@ def setup_logging(level: str = "info", fmt: str = "human", name: str | None = No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    for noisy in ("asyncssh", "watchdog", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

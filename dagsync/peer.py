@@ -91,6 +91,7 @@ class PeerConnection:
         self.closed = asyncio.Event()
         self.clock_skew_ms = 0
         self.close_reason = ""
+        self._early: list[p.Message] = []
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -121,9 +122,12 @@ class PeerConnection:
             self.closed.set()
 
     async def _read_hello(self) -> p.Hello:
+        """The peer's Hello. Messages that arrived in the same read are kept for later."""
         while True:
-            for msg in self._receive(await self._read()):
+            msgs = self._receive(await self._read())
+            for i, msg in enumerate(msgs):
                 if isinstance(msg, p.Hello):
+                    self._early = msgs[i + 1 :]
                     return msg
                 if isinstance(msg, p.Close):
                     raise PeerClosed(f"peer {self.peer_name} closed: {msg.reason}")
@@ -204,6 +208,9 @@ class PeerConnection:
         await self.stream.drain()
 
     async def _reader(self) -> None:
+        for msg in self._early:
+            self._dispatch(msg)
+        self._early = []
         while True:
             for msg in self._receive(await self._read()):
                 self._dispatch(msg)

@@ -27,19 +27,17 @@ def _tiebreak(v: FileVersion) -> tuple[int, str, bool, str, str]:
 
 
 def resolve(a: FileVersion, b: FileVersion) -> FileVersion:
-    """The record every node ends with once it has seen both `a` and `b`.
+    """The record every node ends with once it has seen both `a` and `b`: the winner,
+    unchanged.
 
-    For causally ordered versions that is simply the later one. For concurrent ones it
-    is the winner's content with the merged vector, so the result follows both and a
-    stale copy of the loser can never come back.
+    The loser's vector is deliberately not merged into the winner: every node still
+    holding the loser then sees the conflict itself and archives its own copy (so the
+    node where an edit lost has it in its archive). A later edit on top of the winner
+    still beats a stale copy of the loser, because nodes observe the HLC of every
+    version they apply: that edit's HLC is above the winner's, which is above the
+    loser's.
     """
-    order = a.vv.compare(b.vv)
-    if order is Order.AFTER or order is Order.EQUAL:
-        return a if order is Order.AFTER or _tiebreak(a) >= _tiebreak(b) else b
-    if order is Order.BEFORE:
-        return b
-    winner = a if wins(a, b) else b
-    return winner.with_vv(a.vv.merge(b.vv))
+    return a if wins(a, b) or a == b else b
 
 
 def decide(local: FileVersion | None, remote: FileVersion) -> Action:
@@ -54,7 +52,7 @@ def decide(local: FileVersion | None, remote: FileVersion) -> Action:
     concurrent = local.vv.compare(remote.vv) is Order.CONCURRENT
     conflict = concurrent and not local.same_content(remote)
     if result.same_content(local):
-        # Our bytes stand; only the record changes (merged vector, metadata).
+        # Our bytes stand; only the record changes (the winner's metadata).
         return Action(ActionKind.RECORD, result=result, conflict=conflict)
     archive = conflict and not local.deleted
     if result.deleted:

@@ -33,6 +33,7 @@ from typing import Protocol
 
 import xxhash
 
+from dagsync.errors import PathRefused
 from dagsync.ignore import IgnoreMatcher
 from dagsync.index import LocalStat
 from dagsync.model import Kind
@@ -154,7 +155,7 @@ def _name_problem(rel: str, name: str) -> str | None:
         return "file name is not valid UTF-8"
     try:
         check_relpath(rel)
-    except Exception as exc:  # PathRefused: "refused path '...': reason"
+    except PathRefused as exc:  # "refused path '...': reason"
         return "unusable file name: " + str(exc).rpartition(": ")[2]
     return None
 

@@ -39,12 +39,31 @@ class Stream:
         close: Callable[[], None],
         description: str,
     ) -> None:
-        self.read = read
-        self.write = write
-        self.drain = drain
+        self._read = read
+        self._write = write
+        self._drain = drain
         self._close = close
         self.description = description
         self.closed = False
+
+    async def read(self, n: int) -> bytes:
+        """Up to n bytes; b"" at the end. A broken link raises TransportError."""
+        try:
+            return await self._read(n)
+        except (OSError, asyncssh.Error, EOFError) as exc:
+            raise TransportError(f"{self.description}: {_reason(exc)}") from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._write(data)
+        except (OSError, asyncssh.Error) as exc:
+            raise TransportError(f"{self.description}: {_reason(exc)}") from None
+
+    async def drain(self) -> None:
+        try:
+            await self._drain()
+        except (OSError, asyncssh.Error) as exc:
+            raise TransportError(f"{self.description}: {_reason(exc)}") from None
 
     def close(self) -> None:
         if not self.closed:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from dagsync.paths import is_temp_name
 from dagsync.transport import generate_node_key, public_key_line
 
 
@@ -96,10 +97,19 @@ class TestNode:
             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
         )
         logf.close()
-        wait_until(lambda: (self.state / "agent.sock").exists() or self.proc.poll() is not None,
+        wait_until(lambda: self.answers() or self.proc.poll() is not None,
                    30, f"{self.name} agent start")
         if self.proc.poll() is not None:
             raise AssertionError(f"agent {self.name} exited at start:\n{self.log.read_text()}")
+
+    def answers(self) -> bool:
+        """The agent listens on its control socket (a stale socket file refuses)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(self.state / "agent.sock"))
+            except OSError:
+                return False
+        return True
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -157,15 +167,20 @@ def snapshot(root: Path, meta: bool = True) -> dict[str, tuple[object, ...]]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for fn in filenames:
+            if is_temp_name(fn):
+                continue  # in flight; never visible as a DAG
             p = Path(dirpath) / fn
             rel = p.relative_to(root).as_posix()
-            st = p.lstat()
-            if p.is_symlink():
-                out[rel] = ("link", os.readlink(p))
-            elif meta:
-                out[rel] = (p.read_bytes(), st.st_mode & 0o7777, st.st_mtime_ns)
-            else:
-                out[rel] = (p.read_bytes(),)
+            try:
+                st = p.lstat()
+                if p.is_symlink():
+                    out[rel] = ("link", os.readlink(p))
+                elif meta:
+                    out[rel] = (p.read_bytes(), st.st_mode & 0o7777, st.st_mtime_ns)
+                else:
+                    out[rel] = (p.read_bytes(),)
+            except FileNotFoundError:
+                continue  # replaced while we looked; the next snapshot sees it
     return out
 
 

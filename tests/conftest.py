@@ -21,3 +21,23 @@ def cluster(tmp_path: Path) -> Iterator[object]:
     yield factory
     for node in made:
         node.cleanup()
+
+
+@pytest.fixture
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A private OpenSSH server on 127.0.0.1 (tests/sshd.py): `.port`, `.known_hosts`,
+    `.authorize(public_key_line, command)`, `.env()` for DAGSYNC_SSH. Skipped without
+    /usr/sbin/sshd, except under CI (env CI set), where that is a failure. Killed by PID."""
+    import os
+
+    from tests.sshd import SSHD, sshd_available, start_sshd
+
+    if not sshd_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"{SSHD} is missing under CI: .ci/run installs openssh-server")
+        pytest.skip(f"{SSHD} is missing (apt-get install openssh-server); set CI to fail instead")
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield server
+    finally:
+        server.stop()

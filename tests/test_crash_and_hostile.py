@@ -49,15 +49,19 @@ def test_kill9_during_large_transfer_never_leaves_a_torn_file(cluster: Any) -> N
     source = _visible_files(a.dags)
     a.start()
     cycles = 5 * SOAK
+    leftovers: set[str] = set()
     for _cycle in range(cycles):
         b.start()
+        assert not leftovers & set(_temp_files(b.dags)), "temp files survived a restart"
         time.sleep(rng.uniform(0.05, 0.8))
         b.kill()
         for path, data in _visible_files(b.dags).items():
             assert data == source[path], f"torn or foreign file {path}"
+        leftovers = set(_temp_files(b.dags))
     b.start()
-    assert _temp_files(b.dags) == [], "temp files survived the restart"
+    assert not leftovers & set(_temp_files(b.dags)), "temp files survived the restart"
     wait_converged([a, b], 60)
+    assert _temp_files(b.dags) == []
     assert _visible_files(b.dags) == source
 
 

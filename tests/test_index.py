@@ -1,0 +1,289 @@
+"""The per-node SQLite index: records, sequence numbers, peers' progress, metadata."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dagsync.clock import VersionVector
+from dagsync.errors import DagsyncError
+from dagsync.index import SEQ_GAP, Index, LocalStat
+from dagsync.model import FileVersion, Kind
+
+
+def fv(path: str, n: int = 1, *, deleted: bool = False, kind: Kind = Kind.FILE) -> FileVersion:
+    return FileVersion(
+        path=path,
+        kind=kind,
+        size=0 if deleted else 10 * n,
+        mtime_ns=1_700_000_000_000_000_000 + n,
+        mode=0o644,
+        hash="" if deleted else f"{n:032x}",
+        deleted=deleted,
+        vv=VersionVector.of({"master1": n, "worker2": 2}),
+        hlc=(1_700_000_000_000 << 16) + n,
+        origin="master1",
+        target="target.py" if kind is Kind.SYMLINK else "",
+    )
+
+
+def st(n: int) -> LocalStat:
+    return LocalStat(size=10 * n, mtime_ns=1_700_000_000_000_000_000 + n, inode=1000 + n)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "index.db"
+
+
+@pytest.fixture
+def index(db: Path) -> Iterator[Index]:
+    db.parent.mkdir()
+    ix = Index(db)
+    yield ix
+    ix.close()
+
+
+def test_put_get_round_trip(index: Index) -> None:
+    versions = [
+        (fv("a.py", 1), st(1)),
+        (fv("sub/b.py", 2, deleted=True), None),
+        (fv("link", 3, kind=Kind.SYMLINK), st(3)),
+    ]
+    recs = index.put("dags", versions)
+    assert [r.version for r in recs] == [v for v, _ in versions]
+    assert [r.stat for r in recs] == [s for _, s in versions]
+    for rec in recs:
+        assert index.get("dags", rec.version.path) == rec
+    assert index.get("dags", "missing.py") is None
+    assert index.get("plugins", "a.py") is None
+
+
+def test_empty_folder(index: Index) -> None:
+    assert index.max_seq("dags") == 0
+    assert index.load("dags") == {}
+    assert index.since("dags", 0) == []
+    assert index.count("dags") == (0, 0)
+    assert index.put("dags", []) == []
+
+
+def test_seq_strictly_increasing_and_never_reused_across_replacements(index: Index) -> None:
+    seqs = [r.seq for r in index.put("dags", [(fv("a.py", 1), st(1)), (fv("b.py", 1), st(1))])]
+    assert seqs == [1, 2]
+    rec = index.put("dags", [(fv("a.py", 2), st(2))])[0]
+    assert rec.seq == 3
+    rec = index.put("dags", [(fv("a.py", 3), st(3))])[0]
+    assert rec.seq == 4  # 3 was replaced, its number is not handed out again
+    assert index.max_seq("dags") == 4
+    loaded = index.load("dags")
+    assert set(loaded) == {"a.py", "b.py"}  # one row per path
+    assert loaded["a.py"].version == fv("a.py", 3)
+    assert loaded["a.py"].seq == 4
+    # folders count separately
+    assert index.put("plugins", [(fv("a.py", 1), st(1))])[0].seq == 1
+    assert index.max_seq("dags") == 4
+
+
+def test_same_path_twice_in_one_batch_keeps_the_last(index: Index) -> None:
+    recs = index.put("dags", [(fv("a.py", 1), st(1)), (fv("a.py", 2), st(2))])
+    assert [r.seq for r in recs] == [1, 2]
+    assert index.get("dags", "a.py") == recs[1]
+
+
+def test_since_paginates_in_seq_order(index: Index) -> None:
+    index.put("dags", [(fv(f"f{i}.py", i), st(i)) for i in range(1, 26)])
+    index.put("dags", [(fv("f3.py", 100), st(100))])  # f3 moves to the end (seq 26)
+    seen: list[int] = []
+    cursor = 0
+    while page := index.since("dags", cursor, limit=10):
+        assert len(page) <= 10
+        seen.extend(r.seq for r in page)
+        cursor = page[-1].seq
+    assert seen == [s for s in range(1, 27) if s != 3]
+    assert [r.version.path for r in index.since("dags", 25)] == ["f3.py"]
+    assert index.since("dags", 26) == []
+
+
+def test_update_stat_keeps_seq(index: Index) -> None:
+    rec = index.put("dags", [(fv("a.py", 1), st(1))])[0]
+    index.update_stat("dags", "a.py", st(9))
+    got = index.get("dags", "a.py")
+    assert got is not None
+    assert got.stat == st(9)
+    assert got.seq == rec.seq
+    assert got.version == rec.version
+    assert index.max_seq("dags") == rec.seq
+    index.update_stat("dags", "nothing.py", st(9))  # unknown: no effect
+    assert index.get("dags", "nothing.py") is None
+
+
+def test_count_excludes_deletes(index: Index) -> None:
+    index.put(
+        "dags",
+        [(fv("a.py", 1), st(1)), (fv("b.py", 2), st(2)), (fv("c.py", 3, deleted=True), None)],
+    )
+    assert index.count("dags") == (2, 30)
+    index.put("dags", [(fv("a.py", 1, deleted=True), None)])
+    assert index.count("dags") == (1, 20)
+
+
+def test_peer_progress(index: Index) -> None:
+    assert index.peer_progress("worker1", "dags") is None
+    index.set_peer_progress("worker1", "dags", 123, 7)
+    index.set_peer_progress("worker1", "plugins", 456, 1)
+    assert index.peer_progress("worker1", "dags") == (123, 7)
+    index.set_peer_progress("worker1", "dags", 124, 2)
+    assert index.peer_progress("worker1", "dags") == (124, 2)
+    assert index.peer_progress("worker1", "plugins") == (456, 1)
+    assert index.peer_progress("worker2", "dags") is None
+
+
+def test_meta(index: Index) -> None:
+    assert index.get_meta("hlc") is None
+    index.set_meta("hlc", "42")
+    index.set_meta("hlc", "43")
+    assert index.get_meta("hlc") == "43"
+
+
+def test_index_id_is_random_positive_63_bit_and_per_folder(index: Index) -> None:
+    a, b = index.index_id("dags"), index.index_id("plugins")
+    assert 0 < a < 2**63
+    assert 0 < b < 2**63
+    assert a != b
+    assert index.index_id("dags") == a
+
+
+def test_reopen_persists_everything(db: Path) -> None:
+    db.parent.mkdir()
+    with Index(db) as ix:
+        ix.put("dags", [(fv("a.py", 1), st(1)), (fv("b.py", 2, deleted=True), None)])
+        ix.put("dags", [(fv("a.py", 3), st(3))])
+        ix.update_stat("dags", "a.py", st(4))
+        ix.set_peer_progress("w1", "dags", 99, 5)
+        ix.set_meta("hlc", "77")
+        iid = ix.index_id("dags")
+        before = ix.load("dags")
+    with Index(db) as ix:
+        assert ix.load("dags") == before
+        assert ix.max_seq("dags") == 3
+        assert ix.index_id("dags") == iid
+        assert ix.peer_progress("w1", "dags") == (99, 5)
+        assert ix.get_meta("hlc") == "77"
+        assert ix.put("dags", [(fv("c.py", 1), st(1))])[0].seq == 4
+
+
+def test_deleted_database_gets_a_new_index_id(db: Path) -> None:
+    db.parent.mkdir()
+    with Index(db) as ix:
+        first = ix.index_id("dags")
+        ix.put("dags", [(fv("a.py"), st(1))])
+    for f in db.parent.iterdir():
+        f.unlink()
+    with Index(db) as ix:
+        assert ix.index_id("dags") != first
+        assert ix.max_seq("dags") == 0
+
+
+def test_unclean_shutdown_moves_sequence_numbers_ahead(db: Path) -> None:
+    """After a crash the last transactions may be lost (synchronous=NORMAL): numbers
+    handed out after restart must not collide with ones peers may already have seen."""
+    db.parent.mkdir()
+    ix = Index(db)
+    ix.put("dags", [(fv("a.py", 1), st(1))])
+    iid = ix.index_id("dags")
+    # simulate a crash: drop the connection without marking the index closed
+    conn = ix._conn
+    assert conn is not None
+    conn.close()
+    ix._conn = None
+    with Index(db) as ix2:
+        assert ix2.index_id("dags") == iid
+        assert ix2.max_seq("dags") == 1  # what records exist did not change
+        rec = ix2.put("dags", [(fv("b.py", 1), st(1))])[0]
+        assert rec.seq == 1 + SEQ_GAP + 1
+        assert [r.seq for r in ix2.since("dags", 1)] == [rec.seq]
+    with Index(db) as ix3:  # closed cleanly this time: no gap
+        assert ix3.put("dags", [(fv("c.py", 1), st(1))])[0].seq == rec.seq + 1
+
+
+def test_corrupt_file_raises_dagsync_error_naming_the_path(db: Path) -> None:
+    db.parent.mkdir()
+    db.write_bytes(b"this is not an sqlite database\x00\xff" * 200)
+    with pytest.raises(DagsyncError) as info:
+        Index(db)
+    assert str(db) in str(info.value)
+
+
+def test_unopenable_path_raises_dagsync_error(tmp_path: Path) -> None:
+    db = tmp_path / "no-such-dir" / "index.db"
+    with pytest.raises(DagsyncError) as info:
+        Index(db)
+    assert str(db) in str(info.value)
+
+
+def test_newer_schema_is_refused(db: Path) -> None:
+    db.parent.mkdir()
+    Index(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version=999")
+    conn.close()
+    with pytest.raises(DagsyncError, match="newer"):
+        Index(db)
+
+
+def test_schema_is_versioned_and_wal(db: Path) -> None:
+    db.parent.mkdir()
+    Index(db).close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+def test_closed_index_raises_dagsync_error(db: Path) -> None:
+    db.parent.mkdir()
+    ix = Index(db)
+    ix.close()
+    ix.close()  # idempotent
+    with pytest.raises(DagsyncError):
+        ix.max_seq("dags")
+
+
+def test_usable_from_several_threads(index: Index) -> None:
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(50):
+                index.put("dags", [(fv(f"t{t}/f{i}.py", i + 1), st(i + 1))])
+                index.load("dags")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    seqs = [r.seq for r in index.since("dags", 0, limit=1000)]
+    assert seqs == list(range(1, 201))
+
+
+def test_load_20k_rows_is_not_pathological(index: Index) -> None:
+    n = 20_000
+    index.put("dags", [(fv(f"dags/team{i % 40}/dag_{i}.py", i + 1), st(i + 1)) for i in range(n)])
+    start = time.perf_counter()
+    loaded = index.load("dags")
+    elapsed = time.perf_counter() - start
+    print(f"load of {n} rows: {elapsed * 1000:.1f} ms")
+    assert len(loaded) == n
+    assert loaded["dags/team7/dag_7.py"].version == fv("dags/team7/dag_7.py", 8)
+    assert elapsed < 2.0

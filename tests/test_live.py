@@ -1,0 +1,152 @@
+"""The live agent: watching, pushing, dead and hung peers, restarts, reloads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import yaml
+
+from tests.cluster import wait_converged, wait_until, write
+
+LIVE = {"scan_interval": "300s"}  # only the watcher can move changes in time
+
+
+def test_change_reaches_every_node_without_sync_and_a_burst_converges(cluster: Any) -> None:
+    nodes = cluster("a", "b", "c", extra=LIVE)
+    for n in nodes.values():
+        n.start()
+    a, b, c = nodes.values()
+    write(a.dags / "hello.py", "hello = 1\n")
+    wait_until(lambda: (b.dags / "hello.py").exists() and (c.dags / "hello.py").exists(), 10,
+               "a single edit to arrive")
+    for i in range(500):
+        write(c.dags / f"burst/{i % 10}/dag_{i}.py", f"dag = {i}\n" * 20)
+    wait_converged(nodes.values(), 30)
+    assert len(list((a.dags / "burst").rglob("*.py"))) == 500
+
+
+def test_a_hung_peer_does_not_delay_the_others(cluster: Any) -> None:
+    nodes = cluster("a", "b", "c", extra=LIVE)
+    for n in nodes.values():
+        n.start()
+    a, b, c = nodes.values()
+    write(a.dags / "first.py", "x = 1\n")
+    wait_converged(nodes.values())
+    c.signal(signal.SIGSTOP)
+    try:
+        for i in range(5):
+            write(a.dags / f"during_{i}.py", f"x = {i}\n")
+            started = time.monotonic()
+            wait_until(lambda i=i: (b.dags / f"during_{i}.py").exists(), 5, "b while c hangs")
+            assert time.monotonic() - started < 3
+    finally:
+        c.signal(signal.SIGCONT)
+    wait_converged(nodes.values(), 60)
+
+
+def test_killed_agent_catches_up_without_resurrecting_deletes(cluster: Any) -> None:
+    nodes = cluster("a", "b", "c", extra=LIVE)
+    for n in nodes.values():
+        n.start()
+    a, b, c = nodes.values()
+    write(a.dags / "doomed.py", "d = 1\n")
+    write(a.dags / "edited.py", "e = 1\n")
+    wait_converged(nodes.values())
+    c.kill()
+    (a.dags / "doomed.py").unlink()
+    write(b.dags / "edited.py", "e = 2\n")
+    write(b.dags / "new.py", "n = 1\n")
+    wait_until(lambda: not (a.dags / "doomed.py").exists()
+               and (a.dags / "new.py").exists(), 10, "a and b to agree")
+    c.start()
+    wait_converged(nodes.values(), 30)
+    assert not (c.dags / "doomed.py").exists()
+    assert (c.dags / "edited.py").read_text() == "e = 2\n"
+
+
+def test_line_topology_converges_both_ways(cluster: Any) -> None:
+    links = {"a": ["b"], "b": ["a", "c"], "c": ["b"]}
+    nodes = cluster("a", "b", "c", links=links, extra=LIVE)
+    for n in nodes.values():
+        n.start()
+    a, _b, c = nodes.values()
+    write(a.dags / "from_a.py", "a = 1\n")
+    write(c.dags / "from_c.py", "c = 1\n")
+    wait_converged(nodes.values(), 20)
+    (c.dags / "from_a.py").unlink()
+    wait_converged(nodes.values(), 20)
+    assert not (a.dags / "from_a.py").exists()
+
+
+def test_slow_writer_arrives_only_whole(cluster: Any) -> None:
+    nodes = cluster("a", "b", extra=LIVE)
+    for n in nodes.values():
+        n.start()
+    a, b = nodes["a"], nodes["b"]
+    pieces = [f"# piece {i}\n".encode() + b"x = 1\n" * 200 for i in range(10)]
+    whole = b"".join(pieces)
+    seen: set[bytes] = set()
+    stop = threading.Event()
+
+    def watch_b() -> None:
+        while not stop.is_set():
+            try:
+                seen.add((b.dags / "slow.py").read_bytes())
+            except FileNotFoundError:
+                pass
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch_b)
+    watcher.start()
+    try:
+        with open(a.dags / "slow.py", "wb") as fh:
+            for piece in pieces:
+                fh.write(piece)
+                fh.flush()
+                time.sleep(0.2)
+        wait_until(lambda: (b.dags / "slow.py").exists()
+                   and (b.dags / "slow.py").read_bytes() == whole, 15, "the whole file")
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen == {whole}, f"b saw {len(seen)} versions, sizes {sorted(map(len, seen))}"
+
+
+def test_sighup_adds_a_peer_and_refuses_a_broken_config(cluster: Any) -> None:
+    nodes = cluster("a", "b", links={"a": [], "b": []}, extra=LIVE)
+    a, b = nodes["a"], nodes["b"]
+    b.peers = [a.peer_entry()]
+    b.write_config()
+    a.start()
+    b.start()
+    write(a.dags / "x.py", "x = 1\n")
+    time.sleep(1)
+    assert not (b.dags / "x.py").exists()  # a does not know b yet: b is refused
+    good = a.config.read_text()
+    a.config.write_text("node: [this is not valid\n")
+    a.signal(signal.SIGHUP)
+    wait_until(lambda: "reload refused" in a.log.read_text(), 10, "the refusal")
+    assert a.proc is not None and a.proc.poll() is None
+    cfg = yaml.safe_load(good)
+    cfg["peers"] = [b.peer_entry()]
+    a.config.write_text(yaml.safe_dump(cfg))
+    a.signal(signal.SIGHUP)
+    wait_converged([a, b], 20)
+
+
+def test_sigterm_stops_within_two_seconds_and_one_agent_per_state_dir(cluster: Any) -> None:
+    nodes = cluster("a", "b", extra=LIVE)
+    a = nodes["a"]
+    a.start()
+    second = a.run("agent", timeout=20)
+    assert second.returncode == 1 and "another agent" in second.stderr
+    started = time.monotonic()
+    assert a.stop(timeout=5) == 0
+    assert time.monotonic() - started < 2.0
+    assert not (a.state / "agent.sock").exists()
+    os.kill(os.getpid(), 0)  # the harness itself is fine
