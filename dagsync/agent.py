@@ -30,10 +30,10 @@ STABLE_CONNECTION = 10.0
 CONTROL_LINE_LIMIT = 64 * 1024
 
 
-def backoff_delay(attempt: int, rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
+def backoff_delay(attempt: int, rand: float | None = None) -> float:
     """Capped exponential backoff with jitter (half to full of the step)."""
-    step = min(BACKOFF_CAP, BACKOFF_FIRST * (2 ** min(attempt, 16)))
-    return step * (0.5 + rng.random() / 2)
+    step: float = min(BACKOFF_CAP, BACKOFF_FIRST * (2 ** min(attempt, 16)))
+    return step * (0.5 + (random.random() if rand is None else rand) / 2)
 
 
 def control_socket_path(config: Config) -> Path:

@@ -9,7 +9,7 @@ import socket
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -40,7 +40,7 @@ def _run(ctx: Ctx, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         sys.exit(130)
 
 
-def fail(ctx: Ctx, exc: DagsyncError) -> None:
+def fail(ctx: Ctx, exc: DagsyncError) -> NoReturn:
     if ctx.debug:
         raise exc
     click.echo(f"dagsync: {exc}", err=True)
@@ -78,7 +78,6 @@ def _load(ctx: Ctx) -> Config:
         return ctx.config()
     except DagsyncError as exc:
         fail(ctx, exc)
-        raise  # unreachable
 
 
 # --- init ------------------------------------------------------------------------------

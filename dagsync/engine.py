@@ -352,7 +352,7 @@ class FolderEngine:
             try:
                 item = self._apply_one(p.action, p.remote, contents, staged)
             except (OSError, PathRefused) as exc:
-                outcome.failed.append((p.remote.path, exc.strerror or str(exc)))
+                outcome.failed.append((p.remote.path, getattr(exc, "strerror", None) or str(exc)))
                 continue
             if item is not None:
                 done.append(item)

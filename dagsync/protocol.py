@@ -233,7 +233,7 @@ def _decode_json(cls: type, d: dict[str, Any]) -> Message:
     if cls is Resend:
         return Resend(folder=_str(d, "folder"), from_seq=_int(d, "from_seq"))
     if cls in (Ping, Pong, DigestRequest):
-        return cls(nonce=_int(d, "nonce"))  # type: ignore[no-any-return]
+        return cls(nonce=_int(d, "nonce"))  # type: ignore[no-any-return,unused-ignore]
     if cls is DigestReply:
         digests = d.get("digests")
         if not isinstance(digests, dict) or not all(

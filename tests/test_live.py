@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -94,10 +95,8 @@ def test_slow_writer_arrives_only_whole(cluster: Any) -> None:
 
     def watch_b() -> None:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 seen.add((b.dags / "slow.py").read_bytes())
-            except FileNotFoundError:
-                pass
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch_b)
