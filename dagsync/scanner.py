@@ -42,7 +42,7 @@ from dagsync.paths import symlink_target_ok as _symlink_target_ok
 
 CHUNK = 1 << 20
 # How close to the start of its read a file's mtime may be before the hash is redone.
-RACY_WINDOW_NS = 25_000_000  # > one tick of the coarse kernel clock (<= 10 ms)
+RACY_WINDOW_NS = 12_000_000  # > one tick of the coarse kernel clock (<= 10 ms)
 RACY_WINDOW_COARSE_NS = 1_025_000_000  # mtime on a whole second: 1 s timestamps
 RACY_FUTURE_NS = 1_000_000_000  # mtimes further in the future cannot be waited out
 
