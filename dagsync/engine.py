@@ -138,10 +138,13 @@ class FolderEngine:
         await asyncio.to_thread(load)
 
     def known_stat(self, path: str) -> LocalStat | None:
+        """What the scanner compares; the mode comes from the version so that a chmod
+        alone is a change too."""
         rec = self.records.get(path)
-        if rec is None or rec.version.deleted:
+        if rec is None or rec.version.deleted or rec.stat is None:
             return None
-        return rec.stat
+        s = rec.stat
+        return LocalStat(s.size, s.mtime_ns, s.inode, rec.version.mode)
 
     def version(self, path: str) -> FileVersion | None:
         rec = self.records.get(path)

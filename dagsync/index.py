@@ -93,6 +93,7 @@ class LocalStat:
     size: int
     mtime_ns: int
     inode: int
+    mode: int = -1  # permission bits when known (-1: not compared); not stored
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,6 +240,7 @@ class _Scan:
                                 and k.inode == st.st_ino
                                 and k.mtime_ns == st.st_mtime_ns
                                 and k.size == st.st_size
+                                and k.mode in (-1, mode & 0o7777)
                             ):
                                 continue  # unchanged: not hashed again
                         self.visit(rel, entry.path, st)
@@ -303,10 +304,10 @@ class _Scan:
                 self.racy.append((rel, abs_path, deadline))
             return
         k = self.known.known_stat(rel)
-        if k is not None and (k.size, k.mtime_ns, k.inode) == (
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ino,
+        if (
+            k is not None
+            and (k.size, k.mtime_ns, k.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+            and k.mode in (-1, st.st_mode & 0o7777)
         ):
             return  # back to what is known (e.g. changed and restored during the scan)
         self.changed.append(
@@ -438,10 +439,10 @@ class _Scan:
                 self.present.add(rel)
                 if st_.S_ISREG(st.st_mode) or st_.S_ISLNK(st.st_mode):
                     k = self.known.known_stat(rel)
-                    if k is not None and (k.size, k.mtime_ns, k.inode) == (
-                        st.st_size,
-                        st.st_mtime_ns,
-                        st.st_ino,
+                    if (
+                        k is not None
+                        and (k.size, k.mtime_ns, k.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+                        and k.mode in (-1, st.st_mode & 0o7777)
                     ):
                         return
                 self.visit(rel, abs_path, st)

@@ -141,3 +141,14 @@ def test_bad_config_exits_2_with_one_line(cluster: Any) -> None:
         assert res.returncode == 2, (cmd, res.stderr)
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and "folders[0].mode" in lines[0] and "Traceback" not in res.stderr
+
+
+def test_a_chmod_alone_propagates(cluster: Any) -> None:
+    nodes = cluster("a", "b", extra={"scan_interval": "300s"})
+    a, b = nodes["a"], nodes["b"]
+    write(a.dags / "run.sh", "echo hi\n", mode=0o644)
+    a.start()
+    b.start()
+    wait_converged([a, b])
+    os.chmod(a.dags / "run.sh", 0o755)
+    wait_until(lambda: (b.dags / "run.sh").stat().st_mode & 0o777 == 0o755, 10, "the chmod")
