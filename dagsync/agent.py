@@ -168,7 +168,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for folder in node.folders.values():
             watcher = FolderWatcher(folder.root, folder.ignore, folder.scan_some,
-                                    self.config.settle, loop)
+                                    self.config.settle, loop, on_overflow=folder.scan)
             try:
                 watcher.start()
             except WatchUnavailable as exc:

@@ -123,10 +123,19 @@ class FolderEngine:
         self.on_applied: list[Callable[[list[str]], None]] = []
         self.reverts: set[str] = set()  # receive-only paths awaiting the cluster's version
         self.watcher_mode = "none"  # inotify | polling | none (one-shot runs)
+        self.revert_needed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- start-up and queries --------------------------------------------------------
 
+    def loop_call(self, fn: Callable[[], object]) -> None:
+        """Run fn on the event loop, from the loop or from a worker thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(fn)
+
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
         def load() -> None:
             self.records = self.index.load(self.id)
             self.max_seq = self.index.max_seq(self.id)
@@ -322,6 +331,14 @@ class FolderEngine:
                 # fetches the cluster's version again.
                 self.records[version.path] = replace(rec, stat=None)
                 self.reverts.add(version.path)
+            elif not version.deleted:
+                # A file the cluster never had: the cluster's version is "absent".
+                try:
+                    fsio.remove_file(self.root, version.path)
+                except (OSError, PathRefused) as exc:
+                    log.warning("folder %s: cannot remove %s: %s", self.id, version.path, exc)
+        if self.reverts:
+            self.loop_call(self.revert_needed.set)
         return kept
 
     async def revert_local_edits(self, fetch: Fetch) -> int:

@@ -166,6 +166,7 @@ class PeerConnection:
         for link in self.links.values():
             if not self.dry_run:
                 tasks.append(self._sender(link))
+                tasks.append(self._reverter(link))
             tasks.append(self._puller(link))
         if self.oneshot:
             tasks.append(self._finish_when_in_sync())
@@ -348,8 +349,6 @@ class PeerConnection:
                     for path, reason in outcome.failed[:5]:
                         log.warning("peer %s: folder %s: %s: %s", self.peer_name, folder.id,
                                     path, reason)
-            if folder.reverts:
-                await folder.revert_local_edits(fetch)
             if link.failures:
                 if msg.caught_up:
                     asyncio.get_running_loop().create_task(self._retry_later(link))
@@ -361,6 +360,18 @@ class PeerConnection:
             link.caught_up = msg.caught_up
             link.their_max_seq = max(link.their_max_seq, msg.last_seq)
             self.node.note_ack(self)
+
+    async def _reverter(self, link: FolderLink) -> None:
+        """Receive-only folders: bring back the cluster's version of locally edited files."""
+        folder = link.folder
+        fetch = self.fetcher(folder.id)
+        while True:
+            await folder.revert_needed.wait()
+            folder.revert_needed.clear()
+            await folder.revert_local_edits(fetch)
+            if folder.reverts:
+                await asyncio.sleep(2.0)  # this peer may not hold that version; try again
+                folder.revert_needed.set()
 
     async def _retry_later(self, link: FolderLink) -> None:
         delay = RETRY_DELAYS[min(link.failures, len(RETRY_DELAYS)) - 1]

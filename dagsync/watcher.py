@@ -13,8 +13,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -49,6 +50,24 @@ class WatchUnavailable(Exception):
     pass
 
 
+class _OverflowSpy(logging.Handler):
+    """watchdog re-adds its watches after an inotify queue overflow but only logs it;
+    events were lost, so every watcher of that tree must rescan in full."""
+
+    watchers: list[FolderWatcher] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "overflow" not in message:
+            return
+        for w in list(self.watchers):
+            w.loop.call_soon_threadsafe(w.overflowed)
+
+
+_SPY = _OverflowSpy(logging.WARNING)
+logging.getLogger("watchdog.observers.inotify").addHandler(_SPY)
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: FolderWatcher) -> None:
         self.watcher = watcher
@@ -73,6 +92,7 @@ class FolderWatcher:
         on_paths: OnPaths,
         settle: float,
         loop: asyncio.AbstractEventLoop,
+        on_overflow: Callable[[], Coroutine[Any, Any, object]] | None = None,
     ) -> None:
         self.root = root
         self.prefix = os.fsdecode(root).rstrip("/") + "/"
@@ -86,6 +106,8 @@ class FolderWatcher:
         self.observer: Observer | None = None  # type: ignore[valid-type]
         self.rounds = 0
         self.events = 0
+        self.overflows = 0
+        self.on_overflow = on_overflow
 
     def relative(self, path: str) -> str | None:
         if not path.startswith(self.prefix):
@@ -106,8 +128,17 @@ class FolderWatcher:
             observer.stop()
             raise WatchUnavailable(exc.strerror or str(exc)) from None
         self.observer = observer
+        _SPY.watchers.append(self)
+
+    def overflowed(self) -> None:
+        self.overflows += 1
+        log.warning("inotify dropped events under %s; rescanning the folder in full", self.root)
+        if self.on_overflow is not None:
+            self.loop.create_task(self.on_overflow())
 
     def stop(self) -> None:
+        if self in _SPY.watchers:
+            _SPY.watchers.remove(self)
         if self.observer is not None:
             self.observer.stop()
             self.observer.join(timeout=2)
