@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -16,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from dagsync import transport
+from dagsync.clock import hlc_ms
 from dagsync.config import Config, PeerConfig, load_config
+from dagsync.engine import BatchOutcome, FolderEngine
 from dagsync.errors import DagsyncError, PeerClosed, ProtocolError, TransportError
+from dagsync.hooks import ChangeHook
 from dagsync.node import Node, PeerState
 from dagsync.peer import PeerConnection
 from dagsync.watcher import FolderWatcher, WatchUnavailable
@@ -28,6 +32,8 @@ BACKOFF_FIRST = 0.25
 BACKOFF_CAP = 30.0
 STABLE_CONNECTION = 10.0
 CONTROL_LINE_LIMIT = 64 * 1024
+DIFF_LIMIT = 100
+STATUS_SCHEMA = 1  # version of the `status --json` document (docs/operations.md)
 
 
 def backoff_delay(attempt: int, rand: float | None = None) -> float:
@@ -94,6 +100,8 @@ class Agent:
         self.started = time.time()
         self.node_key: Any = None
         self.ready = asyncio.Event()  # peers served and first scan done (systemd READY=1)
+        self.hooks: dict[str, ChangeHook] = {}
+        self.metrics: Any = None
 
     async def run(self) -> None:
         cfg = self.config
@@ -114,6 +122,7 @@ class Agent:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._request_stop, sig)
             loop.add_signal_handler(signal.SIGHUP, self._reload)
+            await self._start_observers()
             self._start_watchers()
             await node.scan_all()
             server = await transport.serve(
@@ -133,6 +142,7 @@ class Agent:
             for peer in cfg.peers:
                 self._start_dialer(peer, node_key)
             self._spawn(self._scan_loop())
+            self._spawn(self._prune_loop())
             self.ready.set()
             await self.stop.wait()
             log.info("agent %s stopping", node.name)
@@ -161,6 +171,63 @@ class Agent:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _start_observers(self) -> None:
+        """on_change hooks, and metrics when configured."""
+        node = self.node
+        assert node is not None
+        if self.config.metrics is not None:
+            from dagsync import metrics
+
+            self.metrics = metrics.Metrics()
+            self.metrics.attach(node)
+            host, port = self.config.metrics
+            server = await metrics.serve_http(host, port, self.metrics, self._healthz)
+            self._spawn(server.serve_forever())
+            log.info("metrics and /healthz on http://%s:%d/", host, port)
+        for folder in node.folders.values():
+            if folder.cfg.on_change:
+                self.hooks[folder.id] = ChangeHook(folder.id, str(folder.root),
+                                                   folder.cfg.on_change)
+            folder.on_applied.append(functools.partial(self._after_round, folder))
+
+    def _after_round(self, folder: FolderEngine, outcome: BatchOutcome) -> None:
+        hook = self.hooks.get(folder.id)
+        if hook is not None:
+            hook.changed(outcome.applied)
+        m = self.metrics
+        if m is None:
+            return
+        now_ms = time.time() * 1000
+        for hlc in outcome.applied_hlc:
+            m.propagation.labels(folder.id).observe(max(0.0, (now_ms - hlc_ms(hlc)) / 1000))
+        m.applied.labels(folder.id).inc(len(outcome.applied))
+        m.conflicts.labels(folder.id).inc(outcome.conflicts)
+        if outcome.failed:
+            m.errors.labels(folder.id, "apply").inc(len(outcome.failed))
+        if outcome.refused:
+            m.errors.labels(folder.id, "refused").inc(len(outcome.refused))
+
+    async def _healthz(self) -> tuple[bool, list[str]]:
+        from dagsync.metrics import healthz
+
+        return healthz(await self.status(False))
+
+    async def _prune_loop(self) -> None:
+        """Conflict archive retention, at start and hourly."""
+        assert self.node is not None
+        while True:
+            retention = self.config.conflicts
+            try:
+                removed = await asyncio.to_thread(
+                    self.node.archive.prune, keep=retention.keep,
+                    max_age_days=retention.max_age / 86400,
+                )
+                if removed:
+                    log.info("conflict archive: pruned %d old entries", len(removed))
+            except OSError as exc:
+                log.warning("conflict archive: prune failed: %s", exc)
+            await asyncio.sleep(3600)
 
     def _start_watchers(self) -> None:
         node = self.node
@@ -301,7 +368,8 @@ class Agent:
                 await self._control_peer_stream(request, reader, writer)
                 return
             if cmd == "status":
-                reply: dict[str, Any] = await self.status(bool(request.get("cluster")))
+                reply: dict[str, Any] = await self.status(bool(request.get("cluster")),
+                                                          bool(request.get("diff")))
             elif cmd == "sync":
                 reply = await self.sync_round(request.get("peers") or [],
                                               float(request.get("timeout", 60)))
@@ -370,7 +438,30 @@ class Agent:
                                  if name not in node.connections else "timed out")
         return {"ok": True, "peers": results}
 
-    async def status(self, cluster: bool) -> dict[str, Any]:
+    async def _cluster_view(
+        self, diff: bool
+    ) -> tuple[dict[str, dict[str, str] | None], dict[str, dict[str, list[str]]]]:
+        """Every reachable node's folder digests, and with `diff` the paths where each
+        peer differs from this node (at most DIFF_LIMIT per folder)."""
+        node = self.node
+        assert node is not None
+        replies = await _gather_views(node, [p.name for p in self.config.peers], diff)
+        digests: dict[str, dict[str, str] | None] = {node.name: node.digests()}
+        differences: dict[str, dict[str, list[str]]] = {}
+        mine = node.file_hashes() if diff else {}
+        for name, reply in replies.items():
+            digests[name] = reply.digests if reply is not None else None
+            if not diff or reply is None or reply.files is None:
+                continue
+            for fid, ours in mine.items():
+                theirs = reply.files.get(fid, {})
+                paths = sorted(p for p in ours.keys() | theirs.keys()
+                               if ours.get(p) != theirs.get(p))
+                if paths:
+                    differences.setdefault(name, {})[fid] = paths[:DIFF_LIMIT]
+        return digests, differences
+
+    async def status(self, cluster: bool, diff: bool = False) -> dict[str, Any]:
         node = self.node
         assert node is not None
         folders = []
@@ -378,26 +469,40 @@ class Agent:
             files, size = f.counts()
             folders.append({
                 "id": f.id, "path": str(f.root), "mode": f.cfg.mode.value, "files": files,
+                "readable": f.root.is_dir() and os.access(f.root, os.R_OK | os.X_OK),
                 "bytes": size, "digest": f.digest(), "last_scan": f.last_scan,
                 "problems": f.last_scan_problems[:20], "watcher": f.watcher_mode,
                 "local_edits_refused": f.local_edits_refused,
             })
         peers = [s.as_dict() for s in node.peers.values()]
         reply: dict[str, Any] = {
-            "node": node.name, "agent": True, "pid": os.getpid(), "uptime_s":
-            time.time() - self.started, "folders": folders, "peers": peers,
-            "conflicts": [e.id for e in node.archive.list() if not e.seen],
+            "schema": STATUS_SCHEMA, "node": node.name, "agent": True, "pid": os.getpid(),
+            "uptime_s": time.time() - self.started, "folders": folders, "peers": peers,
+            "conflicts": [
+                {"id": e.id, "folder": e.folder, "path": e.path, "time": e.archived_at,
+                 "loser": e.loser_origin, "winner": e.winner_origin}
+                for e in node.archive.list() if not e.seen
+            ],
         }
-        if cluster:
-            digests: dict[str, dict[str, str] | None] = {node.name: node.digests()}
-            for name in (p.name for p in self.config.peers):
-                conn = node.connections.get(name)
-                try:
-                    digests[name] = await conn.ask_digests() if conn else None
-                except (TimeoutError, DagsyncError):
-                    digests[name] = None
-            reply["cluster"] = digests
+        if cluster or diff:
+            reply["cluster"], reply["cluster_diff"] = await self._cluster_view(diff)
         return reply
+
+
+async def _gather_views(
+    node: Node, names: list[str], diff: bool
+) -> dict[str, Any]:
+    async def one(name: str) -> Any:
+        conn = node.connections.get(name)
+        if conn is None:
+            return None
+        try:
+            return await conn.ask_digests(paths=diff)
+        except (TimeoutError, DagsyncError):
+            return None
+
+    replies = await asyncio.gather(*(one(n) for n in names))
+    return dict(zip(names, replies, strict=True))
 
 
 def _with_peers(old: Config, new: Config) -> Config:

@@ -206,9 +206,10 @@ def serve(click_ctx: click.Context, config_path: Path | None, stdio: bool,
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--cluster", is_flag=True, help="Also compare digests with every peer.")
+@click.option("--diff", is_flag=True, help="With --cluster: list the paths that differ.")
 @click.pass_context
 def status(click_ctx: click.Context, config_path: Path | None, as_json: bool,
-           cluster: bool) -> None:
+           cluster: bool, diff: bool) -> None:
     """This node's view: folders, peers, conflicts. Exit 0 healthy, 1 degraded, 2 critical."""
     from dagsync.oneshot import control_request
     from dagsync.status import health, offline_status, render
@@ -216,7 +217,8 @@ def status(click_ctx: click.Context, config_path: Path | None, as_json: bool,
     ctx = _ctx(click_ctx, config_path)
     cfg = _load(ctx)
     try:
-        data = asyncio.run(control_request(cfg, {"cmd": "status", "cluster": cluster}))
+        data = asyncio.run(control_request(
+            cfg, {"cmd": "status", "cluster": cluster or diff, "diff": diff}))
     except AgentNotRunning as exc:
         data = offline_status(cfg, str(exc))
     except DagsyncError as exc:

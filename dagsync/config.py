@@ -45,7 +45,13 @@ _PORT_RE = re.compile(r"[0-9]{1,5}")
 _ED25519_BLOB_PREFIX = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20"
 _ED25519_BLOB_LEN = len(_ED25519_BLOB_PREFIX) + 32
 
-_TOP_KEYS = ("node", "folders", "peers", "scan_interval", "settle", "max_file_size", "metrics")
+_TOP_KEYS = (
+    "node", "folders", "peers", "scan_interval", "settle", "max_file_size", "metrics",
+    "conflicts",
+)
+_CONFLICT_KEYS = ("keep", "max_age")
+DEFAULT_CONFLICTS_KEEP = 1000
+DEFAULT_CONFLICTS_MAX_AGE = 90 * 86400.0
 _NODE_KEYS = ("name", "listen", "key", "state_dir")
 _FOLDER_KEYS = ("id", "path", "mode", "ignore", "on_change")
 _PEER_KEYS = ("name", "address", "public_key")
@@ -97,6 +103,14 @@ class PeerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConflictRetention:
+    """How long the conflict archive keeps losing versions (oldest pruned first)."""
+
+    keep: int = DEFAULT_CONFLICTS_KEEP  # at most this many entries
+    max_age: float = DEFAULT_CONFLICTS_MAX_AGE  # seconds
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path
     node: NodeConfig
@@ -106,6 +120,7 @@ class Config:
     settle: float  # seconds
     max_file_size: int  # bytes
     metrics: tuple[str, int] | None = None
+    conflicts: ConflictRetention = ConflictRetention()
 
     def folder(self, folder_id: str) -> FolderConfig:
         for f in self.folders:
@@ -123,9 +138,9 @@ class Config:
 # --- durations and sizes -------------------------------------------------------------
 
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h)\s*")
-_DURATION_FULL = re.compile(rf"(?:{_NUMBER}\s*(?:ms|s|m|h)\s*)+")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d)\s*")
+_DURATION_FULL = re.compile(rf"(?:{_NUMBER}\s*(?:ms|s|m|h|d)\s*)+")
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -596,7 +611,26 @@ class _Parser:
             settle=settle,
             max_file_size=max_file_size,
             metrics=metrics,
+            conflicts=self.conflicts(top.get("conflicts")),
         )
+
+    def conflicts(self, value: object) -> ConflictRetention:
+        if value is None:
+            return ConflictRetention()
+        m = self.mapping(value, "conflicts", _CONFLICT_KEYS)
+        keep = m.get("keep", DEFAULT_CONFLICTS_KEEP)
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+            self.fail("conflicts.keep", f"must be a whole number of 1 or more (got {_got(keep)})")
+        max_age = DEFAULT_CONFLICTS_MAX_AGE
+        if m.get("max_age") is not None:
+            try:
+                max_age = parse_duration(m["max_age"])
+            except ValueError:
+                self.fail("conflicts.max_age", "must be a duration such as 30d, 12h or 90m "
+                          f"(got {_got(m['max_age'])})")
+            if max_age <= 0:
+                self.fail("conflicts.max_age", f"must be greater than 0 (got {_got(m['max_age'])})")
+        return ConflictRetention(keep, max_age)
 
 
 def parse_config(text: str, source: str | Path) -> Config:

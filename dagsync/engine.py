@@ -87,6 +87,7 @@ class BatchOutcome:
     refused: list[tuple[str, str]] = field(default_factory=list)
     conflicts: int = 0
     would: list[tuple[str, str]] = field(default_factory=list)  # dry run: (action, path)
+    applied_hlc: list[int] = field(default_factory=list)  # HLC of each applied version
 
     @property
     def complete(self) -> bool:
@@ -120,7 +121,8 @@ class FolderEngine:
         self.last_scan: float | None = None
         self.last_scan_problems: list[str] = []
         self.local_edits_refused = 0  # edits on a receive-only folder
-        self.on_applied: list[Callable[[list[str]], None]] = []
+        self.on_applied: list[Callable[[BatchOutcome], None]] = []
+        self.last_scan_duration = 0.0
         self.reverts: set[str] = set()  # receive-only paths awaiting the cluster's version
         self.watcher_mode = "none"  # inotify | polling | none (one-shot runs)
         self.revert_needed = asyncio.Event()
@@ -196,6 +198,7 @@ class FolderEngine:
         async with self.lock:
             count = await asyncio.to_thread(self._register, result, None)
         self.last_scan = time.time()
+        self.last_scan_duration = result.duration_s
         self.last_scan_problems = [f"{p.path}: {p.reason}" for p in result.problems]
         if count:
             await self._notify()
@@ -359,7 +362,15 @@ class FolderEngine:
             await asyncio.to_thread(self._restore_locked, planned, contents, outcome)
         if outcome.applied:
             await self._notify()
+        self._report(outcome)
         return len(outcome.applied)
+
+    def _report(self, outcome: BatchOutcome) -> None:
+        for observer in self.on_applied:
+            try:
+                observer(outcome)
+            except Exception:
+                log.exception("folder %s: observer failed", self.id)
 
     def _restore_locked(
         self, planned: list[Planned], contents: dict[str, bytes], outcome: BatchOutcome
@@ -413,6 +424,7 @@ class FolderEngine:
             self.max_seq = max(self.max_seq, rec.seq)
             self.reverts.discard(rec.version.path)
             outcome.applied.append(rec.version.path)
+            outcome.applied_hlc.append(rec.version.hlc)
 
     # --- remote changes --------------------------------------------------------------
 
@@ -473,8 +485,7 @@ class FolderEngine:
             changed = await asyncio.to_thread(self._apply_locked, planned, contents, outcome)
         if changed:
             await self._notify()
-            for hook in self.on_applied:
-                hook(outcome.applied)
+        self._report(outcome)
         return outcome
 
     async def _fetch_all(

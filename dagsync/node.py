@@ -95,6 +95,13 @@ class Node:
     def digests(self) -> dict[str, str]:
         return {fid: f.digest() for fid, f in self.folders.items()}
 
+    def file_hashes(self) -> dict[str, dict[str, str]]:
+        """Every live path with its content hash, per folder (for `status --diff`)."""
+        return {
+            fid: {p: r.version.hash for p, r in f.records.items() if not r.version.deleted}
+            for fid, f in self.folders.items()
+        }
+
     def offers(self, peer_name: str | None) -> dict[str, FolderOffer]:
         """Our Hello: per folder our index id and length, and how much of theirs we hold."""
         out = {}

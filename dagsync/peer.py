@@ -242,7 +242,11 @@ class PeerConnection:
         elif isinstance(msg, p.Ping):
             self._send(p.Pong(msg.nonce))
         elif isinstance(msg, p.DigestRequest):
-            self._send(p.DigestReply(msg.nonce, self.node.digests()))
+            files = self.node.file_hashes() if msg.paths else None
+            try:
+                self._send(p.DigestReply(msg.nonce, self.node.digests(), files))
+            except ValueError:  # too many paths for one frame: digests alone
+                self._send(p.DigestReply(msg.nonce, self.node.digests()))
         elif isinstance(msg, p.DigestReply):
             waiter = self.digest_waiters.pop(msg.nonce, None)
             if waiter is not None and not waiter.done():
@@ -427,13 +431,12 @@ class PeerConnection:
         self.pending.clear()
         self.digest_waiters.clear()
 
-    async def ask_digests(self, timeout: float = 5.0) -> dict[str, str]:
+    async def ask_digests(self, paths: bool = False, timeout: float = 10.0) -> p.DigestReply:
         nonce = next(self._ids)
         fut: asyncio.Future[p.DigestReply] = asyncio.get_running_loop().create_future()
         self.digest_waiters[nonce] = fut
-        await self._send_drained(p.DigestRequest(nonce))
-        reply = await asyncio.wait_for(fut, timeout)
-        return reply.digests
+        await self._send_drained(p.DigestRequest(nonce, paths))
+        return await asyncio.wait_for(fut, timeout)
 
     # --- one-shot completion ---------------------------------------------------------
 

@@ -118,12 +118,14 @@ class Pong:
 @dataclass(frozen=True, slots=True)
 class DigestRequest:
     nonce: int
+    paths: bool = False  # also list every live path with its content hash
 
 
 @dataclass(frozen=True, slots=True)
 class DigestReply:
     nonce: int
     digests: dict[str, str] = field(default_factory=dict)  # folder id -> digest
+    files: dict[str, dict[str, str]] | None = None  # folder id -> {path: hash}
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +184,15 @@ def _encode_json(msg: Message) -> dict[str, Any]:
         return {"folder": msg.folder, "index_id": msg.index_id, "seq": msg.seq}
     if isinstance(msg, Resend):
         return {"folder": msg.folder, "from_seq": msg.from_seq}
-    if isinstance(msg, Ping | Pong | DigestRequest):
+    if isinstance(msg, DigestRequest):
+        return {"nonce": msg.nonce, "paths": msg.paths}
+    if isinstance(msg, Ping | Pong):
         return {"nonce": msg.nonce}
     if isinstance(msg, DigestReply):
-        return {"nonce": msg.nonce, "digests": msg.digests}
+        out: dict[str, Any] = {"nonce": msg.nonce, "digests": msg.digests}
+        if msg.files is not None:
+            out["files"] = msg.files
+        return out
     if isinstance(msg, Close):
         return {"reason": msg.reason}
     raise TypeError(f"not a JSON message: {msg!r}")
@@ -232,7 +239,12 @@ def _decode_json(cls: type, d: dict[str, Any]) -> Message:
         return Ack(folder=_str(d, "folder"), index_id=_int(d, "index_id"), seq=_int(d, "seq"))
     if cls is Resend:
         return Resend(folder=_str(d, "folder"), from_seq=_int(d, "from_seq"))
-    if cls in (Ping, Pong, DigestRequest):
+    if cls is DigestRequest:
+        paths = d.get("paths", False)
+        if not isinstance(paths, bool):
+            raise ProtocolError("digest request: paths must be a boolean")
+        return DigestRequest(nonce=_int(d, "nonce"), paths=paths)
+    if cls in (Ping, Pong):
         return cls(nonce=_int(d, "nonce"))  # type: ignore[no-any-return,unused-ignore]
     if cls is DigestReply:
         digests = d.get("digests")
@@ -240,7 +252,15 @@ def _decode_json(cls: type, d: dict[str, Any]) -> Message:
             isinstance(k, str) and isinstance(v, str) and len(v) <= 128 for k, v in digests.items()
         ):
             raise ProtocolError("digest reply: digests must map folder ids to strings")
-        return DigestReply(nonce=_int(d, "nonce"), digests=digests)
+        files = d.get("files")
+        if files is not None and not (
+            isinstance(files, dict)
+            and all(isinstance(k, str) and isinstance(v, dict) for k, v in files.items())
+            and all(isinstance(p, str) and isinstance(h, str)
+                    for v in files.values() for p, h in v.items())
+        ):
+            raise ProtocolError("digest reply: files must map folder ids to {path: hash}")
+        return DigestReply(nonce=_int(d, "nonce"), digests=digests, files=files)
     if cls is Close:
         return Close(reason=_str(d, "reason", 1000, allow_empty=True))
     raise ProtocolError(f"unexpected message type {cls.__name__}")

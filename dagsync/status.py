@@ -5,6 +5,7 @@ place that decides the exit code: 0 healthy, 1 degraded, 2 critical."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ def offline_status(cfg: Config, reason: str) -> dict[str, Any]:
     """Status from the index alone, when no agent runs (always critical)."""
     from dagsync.index import Index
 
-    folders = []
+    folders: list[dict[str, Any]] = []
     db = cfg.node.state_dir / "index.db"
     index = Index(db) if db.exists() else None
     try:
@@ -25,8 +26,8 @@ def offline_status(cfg: Config, reason: str) -> dict[str, Any]:
             files, size = index.count(f.id) if index else (0, 0)
             folders.append({"id": f.id, "path": str(f.path), "mode": f.mode.value,
                             "files": files, "bytes": size, "digest": None, "last_scan": None,
-                            "problems": [] if f.path.is_dir() else ["folder missing"],
-                            "watcher": None})
+                            "readable": f.path.is_dir() and os.access(f.path, os.R_OK),
+                            "problems": [], "watcher": None})
     finally:
         if index:
             index.close()
@@ -44,15 +45,18 @@ def health(data: dict[str, Any]) -> tuple[int, list[str]]:
     if not data.get("agent"):
         critical.append(f"agent not running ({data.get('agent_error', '')})")
     for f in data.get("folders", []):
-        if any("not a readable directory" in p or p == "folder missing"
-               for p in f.get("problems", [])):
+        if not f.get("readable", True):
             critical.append(f"folder {f['id']} unreadable")
     for p in data.get("peers", []):
+        if abs(p.get("clock_skew_ms") or 0) > 1000 and p.get("state") == "connected":
+            degraded.append(f"peer {p['name']} clock differs by "
+                            f"{p['clock_skew_ms'] / 1000:.1f} s")
         if p.get("state") in ("down", "never seen"):
             degraded.append(f"peer {p['name']} {p['state']}"
                             + (f": {p['last_error']}" if p.get("last_error") else ""))
     if data.get("conflicts"):
-        degraded.append(f"{len(data['conflicts'])} conflict(s) not looked at")
+        degraded.append(f"{len(data['conflicts'])} conflict(s) not looked at "
+                        "(`dagsync conflicts list`)")
     cluster = data.get("cluster")
     if cluster:
         seen = {tuple(sorted(d.items())) for d in cluster.values() if d is not None}
@@ -88,11 +92,19 @@ def render(data: dict[str, Any]) -> str:
         for problem in f.get("problems", [])[:5]:
             lines.append(f"  ! {problem}")
     lines.append("")
-    lines.append(f"{'PEER':<14} {'STATE':<11} {'LAST SEEN':<10} {'BEHIND':>6}  LAST ERROR")
+    lines.append(f"{'PEER':<14} {'STATE':<11} {'LAST SEEN':<10} {'LAST SYNC':<10} "
+                 f"{'BEHIND':>6} {'SKEW':>7}  LAST ERROR")
     for p in data.get("peers", []):
+        skew = p.get("clock_skew_ms") or 0
         lines.append(f"{p['name']:<14} {p.get('state', '?'):<11} "
-                     f"{_ago(p.get('last_seen')):<10} {p.get('files_behind', 0):>6}  "
-                     f"{p.get('last_error', '')}")
+                     f"{_ago(p.get('last_seen')):<10} {_ago(p.get('last_sync')):<10} "
+                     f"{p.get('files_behind', 0):>6} {skew / 1000:>6.1f}s  "
+                     f"{p.get('last_error', '')}" + ("  (clock skew > 1 s!)"
+                                                     if abs(skew) > 1000 else ""))
+    if data.get("conflicts"):
+        lines.append("")
+        lines.append(f"{len(data['conflicts'])} conflict(s) not looked at; "
+                     "see `dagsync conflicts list`")
     cluster = data.get("cluster")
     if cluster:
         lines.append("")
@@ -104,6 +116,10 @@ def render(data: dict[str, Any]) -> str:
                      + f" ({len(same)} node(s) agree"
                      + (f"; differ: {', '.join(differ)}" if differ else "")
                      + (f"; unreachable: {', '.join(unknown)}" if unknown else "") + ")")
+        for peer, folders in sorted((data.get("cluster_diff") or {}).items()):
+            for fid, paths in sorted(folders.items()):
+                lines.append(f"  {peer} differs in {fid}: " + ", ".join(paths[:10])
+                             + (f" (+{len(paths) - 10} more)" if len(paths) > 10 else ""))
     code, reasons = data["health"]["code"], data["health"]["reasons"]
     lines.append("")
     lines.append(["healthy", "degraded", "critical"][code] + (": " + "; ".join(reasons)

@@ -508,6 +508,7 @@ def test_errors_report_the_file_as_given(tmp_path: Path) -> None:
         ("20ms", 0.02),
         ("5m", 300.0),
         ("1h", 3600.0),
+        ("30d", 30 * 86400.0),
         ("1.5s", 1.5),
         (".5s", 0.5),
         ("1m30s", 90.0),
@@ -527,7 +528,7 @@ def test_parse_duration(value: object, seconds: float) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["", "s", "60x", "1d", "-5s", "5 m s", "fast", "1e3s", "60S", True, False, None, [60],
+    ["", "s", "60x", "1w", "-5s", "5 m s", "fast", "1e3s", "60S", True, False, None, [60],
      float("nan"), float("inf")],
 )  # fmt: skip
 def test_parse_duration_rejects(value: object) -> None:
@@ -628,3 +629,19 @@ def test_default_config_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert info.value.file == str(path)
     path.write_text(yaml.safe_dump(minimal()))
     assert load_config().node.name == "master1"
+
+
+def test_conflict_retention_defaults_and_values(tmp_path: Path) -> None:
+    base = (
+        "node: {name: n1, state_dir: /var/lib/x}\n"
+        "folders: [{id: dags, path: /opt/airflow/dags}]\n"
+    )
+    cfg = parse_config(base, tmp_path / "c.yaml")
+    assert cfg.conflicts.keep == 1000 and cfg.conflicts.max_age == 90 * 86400
+    cfg = parse_config(base + "conflicts: {keep: 5, max_age: 7d}\n", tmp_path / "c.yaml")
+    assert cfg.conflicts.keep == 5 and cfg.conflicts.max_age == 7 * 86400
+    for bad, key in (("{keep: 0}", "conflicts.keep"), ("{max_age: soon}", "conflicts.max_age"),
+                     ("{kep: 3}", "conflicts.kep")):
+        with pytest.raises(ConfigError) as err:
+            parse_config(base + f"conflicts: {bad}\n", tmp_path / "c.yaml")
+        assert key in str(err.value)
