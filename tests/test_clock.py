@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagsync.clock import (
@@ -21,6 +21,7 @@ from dagsync.clock import (
 )
 
 VV = VersionVector.of
+QUICK = settings(max_examples=50, deadline=None)
 
 # --- version vectors: compare ------------------------------------------------------
 
@@ -103,21 +104,25 @@ NODES = st.sampled_from(["a", "b", "c", "d", "e"])
 vectors = st.dictionaries(NODES, st.integers(min_value=0, max_value=20), max_size=5).map(VV)
 
 
+@QUICK
 @given(vectors, vectors)
 def test_merge_is_commutative(a: VersionVector, b: VersionVector) -> None:
     assert a.merge(b) == b.merge(a)
 
 
+@QUICK
 @given(vectors, vectors, vectors)
 def test_merge_is_associative(a: VersionVector, b: VersionVector, c: VersionVector) -> None:
     assert a.merge(b).merge(c) == a.merge(b.merge(c))
 
 
+@QUICK
 @given(vectors)
 def test_merge_is_idempotent(a: VersionVector) -> None:
     assert a.merge(a) == a
 
 
+@QUICK
 @given(vectors, vectors)
 def test_merge_dominates_both_inputs_and_is_the_least_such(
     a: VersionVector, b: VersionVector
@@ -129,6 +134,7 @@ def test_merge_dominates_both_inputs_and_is_the_least_such(
         assert m.get(node) == max(a.get(node), b.get(node))
 
 
+@QUICK
 @given(vectors, vectors)
 def test_merge_of_ordered_vectors_is_the_later_one(a: VersionVector, b: VersionVector) -> None:
     order = a.compare(b)
@@ -140,6 +146,7 @@ def test_merge_of_ordered_vectors_is_the_later_one(a: VersionVector, b: VersionV
         assert a.merge(b) not in (a, b)
 
 
+@QUICK
 @given(vectors, NODES)
 def test_compare_agrees_with_its_mirror(a: VersionVector, node: str) -> None:
     b = a.bump(node)
@@ -150,6 +157,7 @@ def test_compare_agrees_with_its_mirror(a: VersionVector, node: str) -> None:
 # --- wire format --------------------------------------------------------------------
 
 
+@QUICK
 @given(vectors)
 def test_wire_round_trip(a: VersionVector) -> None:
     assert VersionVector.from_wire(a.to_wire()) == a
@@ -203,6 +211,7 @@ def test_packing_keeps_ms_and_counter() -> None:
     assert hlc_pack(5, 3) & ((1 << LOGICAL_BITS) - 1) == 3
 
 
+@QUICK
 @given(
     st.tuples(st.integers(0, 2**45), st.integers(0, 2**LOGICAL_BITS - 1)),
     st.tuples(st.integers(0, 2**45), st.integers(0, 2**LOGICAL_BITS - 1)),
@@ -240,7 +249,8 @@ def test_tick_keeps_increasing_when_the_logical_counter_overflows() -> None:
     assert clock.tick(1000) > hlc_pack(1000, 2**LOGICAL_BITS - 1)
 
 
-@given(st.lists(st.integers(0, 10**13), min_size=1, max_size=50), st.integers(0, 2**60))
+@QUICK
+@given(st.lists(st.integers(0, 10**13), min_size=1, max_size=30), st.integers(0, 2**60))
 def test_tick_is_strictly_increasing_whatever_the_wall_clock_does(
     walls: list[int], start: int
 ) -> None:
@@ -254,6 +264,7 @@ def test_tick_is_strictly_increasing_whatever_the_wall_clock_does(
         last = now
 
 
+@QUICK
 @given(st.integers(0, 2**60), st.integers(0, 2**60), st.integers(0, 10**13))
 def test_observe_moves_strictly_past_the_remote_and_the_local_value(
     last: int, remote: int, wall: int

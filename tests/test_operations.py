@@ -29,7 +29,7 @@ def test_status_exit_codes_follow_peer_and_agent_health(cluster: Any) -> None:
     nodes = cluster("a", "b", "c", extra=LIVE)
     for n in nodes.values():
         n.start()
-    a, b, c = nodes.values()
+    a, _b, c = nodes.values()
     write(a.dags / "x.py", "x = 1\n")
     wait_converged(nodes.values())
     wait_until(lambda: _status(a)[0] == 0, 10, "a healthy status")

@@ -137,12 +137,13 @@ def test_every_message_type_round_trips(msg: p.Message) -> None:
     assert decode_frame(p.encode(msg)) == msg
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(messages)
 def test_any_valid_message_round_trips(msg: p.Message) -> None:
     assert decode_frame(p.encode(msg)) == msg
 
 
+@settings(max_examples=50, deadline=None)
 @given(st.lists(file_versions, min_size=1, max_size=5))
 def test_index_entries_round_trip_exactly(entries: list[FileVersion]) -> None:
     msg = p.Index(folder="dags", index_id=1, entries=tuple(entries), last_seq=5, caught_up=False)
@@ -151,6 +152,7 @@ def test_index_entries_round_trip_exactly(entries: list[FileVersion]) -> None:
     assert got.entries == tuple(entries)
 
 
+@settings(max_examples=50, deadline=None)
 @given(st.binary(max_size=10_000), st.integers(0, U32), st.integers(0, 255))
 def test_response_carries_arbitrary_bytes_unchanged(data: bytes, rid: int, status: int) -> None:
     encoded = p.encode(p.Response(rid, status, data))
@@ -190,7 +192,7 @@ def test_session_splits_frames_arriving_in_one_chunk() -> None:
     assert p.Session().receive_data(wire) == STREAM
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.lists(after_hello, max_size=6), st.data())
 def test_session_reassembles_any_split_of_any_message_stream(
     msgs: list[p.Message], data: st.DataObject
@@ -505,7 +507,7 @@ def test_no_bytes_after_hello_raise_anything_but_protocol_error(data: bytes) -> 
     _feed_expecting_only_protocol_errors(greeted(), data)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=2000))
 def test_no_bytes_as_the_first_message_raise_anything_but_protocol_error(data: bytes) -> None:
     _feed_expecting_only_protocol_errors(p.Session(), data)
@@ -523,7 +525,7 @@ FIELD_NAMES = ["node", "folders", "hlc", "wall_ms", "protocol", "software", "fol
 ENTRY_KEYS = list(GOOD_ENTRY)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     st.integers(0, 12),
     st.dictionaries(st.sampled_from(FIELD_NAMES), json_values, max_size=6),
@@ -546,7 +548,7 @@ def test_well_framed_json_with_hostile_fields_raises_only_protocol_error(
         assert decode_frame(p.encode(msgs[0])) == msgs[0]  # whatever passed is well-formed
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_corrupted_valid_frames_raise_only_protocol_error(data: st.DataObject) -> None:
     msg = data.draw(after_hello)

@@ -375,7 +375,7 @@ def fold(start: FileVersion | None, versions: list[FileVersion]) -> FileVersion 
     return local
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(histories(), st.data())
 def test_every_node_ends_with_the_same_record_whatever_the_delivery_order(
     hist: History, data: st.DataObject
@@ -396,7 +396,7 @@ def test_every_node_ends_with_the_same_record_whatever_the_delivery_order(
         assert decide(reference, v).kind is ActionKind.KEEP
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(histories())
 def test_resolve_is_commutative_and_wins_is_a_strict_total_order(hist: History) -> None:
     vs = hist.versions
@@ -413,7 +413,7 @@ def test_resolve_is_commutative_and_wins_is_a_strict_total_order(hist: History) 
             assert wins(a, c)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(histories(), st.data())
 def test_archive_exactly_when_live_content_loses_a_concurrent_conflict(
     hist: History, data: st.DataObject

@@ -5,6 +5,7 @@ sshd (tests/sshd.py); B lists A at its agent address as usual. A runs `dagsync s
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,10 @@ def agent_files(node: TestNode) -> int:
     res = node.run("status", "--json", timeout=60)
     data = json.loads(res.stdout)
     return int(next(f["files"] for f in data["folders"] if f["id"] == "dags"))
+
+
+def warnings(res: subprocess.CompletedProcess[str]) -> list[str]:
+    return [ln for ln in res.stderr.splitlines() if ln.startswith("dagsync: warning:")]
 
 
 def seed(a: TestNode, b: TestNode) -> None:
@@ -112,6 +117,7 @@ def test_sync_through_sshd_bridges_to_running_agent(cluster: Cluster, sshd: SshS
     wait_until(lambda: agent_files(b) == 4, 30, "B's agent to index later_b.py")
     res = sync(a, sshd)
     assert res.returncode == 0, explain(res, sshd, b)
+    assert (a.dags / "later_b.py").exists(), explain(res, sshd, b)
     assert (a.dags / "later_b.py").read_text() == "w = 5\n"
     assert converged([a, b]), (snapshot(a.dags), snapshot(b.dags))
     assert b.stop() == 0
@@ -128,19 +134,19 @@ def test_key_not_in_authorized_keys_is_refused(
 
     res = sync(a, sshd)
     assert res.returncode == 0, explain(res, sshd)
-    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("dagsync: warning:")]
-    assert len(warnings) == 1, explain(res, sshd)
-    assert "peer b" in warnings[0], explain(res, sshd)
-    assert "permission denied" in warnings[0].lower(), explain(res, sshd)
+    assert len(warnings(res)) == 1, explain(res, sshd)
+    assert "peer b" in warnings(res)[0], explain(res, sshd)
+    assert "b: in sync" not in res.stderr
     assert "Traceback" not in res.stderr
 
     res = sync(a, sshd, "--strict")
     assert res.returncode == 1, explain(res, sshd)
-    assert "peer b" in res.stderr, explain(res, sshd)
+    assert len(warnings(res)) == 1 and "peer b" in warnings(res)[0], explain(res, sshd)
 
     assert snapshot(a.dags) == before_a
     assert snapshot(b.dags) == before_b
-    assert "publickey" in sshd.log_text().lower()
+    assert "Failed publickey for" in sshd.log_text()
+    assert "Starting session" not in sshd.log_text()
 
 
 def test_serve_stdio_unknown_peer_is_a_usage_error(cluster: Cluster, sshd: SshServer) -> None:
@@ -151,14 +157,50 @@ def test_serve_stdio_unknown_peer_is_a_usage_error(cluster: Cluster, sshd: SshSe
     lines = direct.stderr.strip().splitlines()
     assert len(lines) == 1, direct.stderr
     assert "zed" in lines[0] and str(b.config) in lines[0], lines[0]
+    assert "Traceback" not in direct.stderr
     assert direct.stdout == ""
 
-    # The same forced command behind sshd: A's round fails, naming b and the reason.
+    # The same forced command behind sshd: A's round with b fails, and says so.
     sshd.authorize(a.public_key, dagsync_command(b.config, "zed"))
     write(a.dags / "from_a.py", "x = 1\n")
     res = sync(a, sshd)
     assert res.returncode == 0, explain(res, sshd)
-    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("dagsync: warning:")]
-    assert len(warnings) == 1 and "peer b" in warnings[0], explain(res, sshd)
-    assert "zed" in warnings[0], explain(res, sshd)
+    assert len(warnings(res)) == 1 and "peer b" in warnings(res)[0], explain(res, sshd)
     assert not (b.dags / "from_a.py").exists()
+    assert sync(a, sshd, "--strict").returncode == 1
+
+
+@pytest.mark.xfail(strict=False, reason="dagsync/oneshot.py _standalone_round drops the "
+                   "TransportError that carries ssh's last stderr line; the warning only says "
+                   "'connection ended before the round completed'")
+def test_warning_gives_the_reason_from_the_far_side(
+        cluster: Cluster, sshd: SshServer, tmp_path: Path) -> None:
+    a, b = ssh_pair(cluster, sshd, authorize=False)
+    write(a.dags / "from_a.py", "x = 1\n")
+
+    # Not authorized at all: ssh's own words.
+    res = sync(a, sshd)
+    assert len(warnings(res)) == 1, explain(res, sshd)
+    assert "permission denied" in warnings(res)[0].lower(), explain(res, sshd)
+
+    # Authorized, but the forced command names a peer B does not know: B's one line.
+    sshd.authorize(a.public_key, dagsync_command(b.config, "zed"))
+    res = sync(a, sshd)
+    assert len(warnings(res)) == 1, explain(res, sshd)
+    assert "--peer zed: no such peer" in warnings(res)[0], explain(res, sshd)
+
+
+@pytest.mark.xfail(strict=False, reason="dagsync/transport.py _dial_openssh reads ssh's stderr "
+                   "only after stdout ends: a far side that logs more than the pipe and channel "
+                   "window hold (~2 MiB, e.g. a first scan of a big folder) stalls the round")
+def test_far_side_stderr_is_drained(cluster: Cluster, sshd: SshServer) -> None:
+    a, b = ssh_pair(cluster, sshd, authorize=False)
+    write(a.dags / "from_a.py", "x = 1\n")
+    # B's side writes 4 MB of log lines to stderr before serving, as a noisy scan would.
+    noisy = (f"head -c 4000000 /dev/zero | tr '\\0' x | fold -w 79 >&2; "
+             f"exec {dagsync_command(b.config, 'a')}")
+    sshd.authorize(a.public_key, shlex.join(["sh", "-c", noisy]))
+    res = a.run("sync", "--timeout", "30", timeout=120, env=sshd.env())
+    assert res.returncode == 0, explain(res, sshd)
+    assert "b: in sync" in res.stderr, explain(res, sshd)
+    assert converged([a, b])
