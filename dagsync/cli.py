@@ -169,10 +169,13 @@ def sync(click_ctx: click.Context, config_path: Path | None, peers: tuple[str, .
 
     ctx = _ctx(click_ctx, config_path)
     cfg = _load(ctx)
-    tty = sys.stderr.isatty()
-    if tty:
-        click.echo(f"syncing with {len(peers) or len(cfg.peers)} peer(s)...", err=True)
-    report = _run(ctx, lambda: run_sync(cfg, list(peers), dry_run=dry_run, timeout=timeout))
+    def show(line: str) -> None:
+        sys.stderr.write("\r\033[K" + line)
+        sys.stderr.flush()
+
+    progress = show if sys.stderr.isatty() else None
+    report = _run(ctx, lambda: run_sync(cfg, list(peers), dry_run=dry_run, timeout=timeout,
+                                        progress=progress))
     for direction, action, path in sorted(report.would):
         click.echo(f"{direction}: {action} {path}")
     for name in sorted(report.in_sync):
@@ -272,16 +275,34 @@ def conflicts_list(click_ctx: click.Context) -> None:
 
 @conflicts.command("show")
 @click.argument("entry_id", type=int)
+@click.option("--diff", is_flag=True, help="Show a diff against the current file instead.")
 @click.pass_context
-def conflicts_show(click_ctx: click.Context, entry_id: int) -> None:
-    """Print a losing version."""
-    ctx, _, archive = _archive(click_ctx)
+def conflicts_show(click_ctx: click.Context, entry_id: int, diff: bool) -> None:
+    """Print a losing version (or how it differs from the current file)."""
+    import difflib
+
+    ctx, cfg, archive = _archive(click_ctx)
     try:
+        entry = archive.get(entry_id)
         data = archive.read(entry_id)
     except KeyError:
         fail(ctx, UsageError(f"no conflict #{entry_id}; see `dagsync conflicts list`"))
-    sys.stdout.buffer.write(data)
     archive.mark_seen([entry_id])
+    if not diff:
+        sys.stdout.buffer.write(data)
+        return
+    try:
+        current_path = cfg.folder(entry.folder).path / entry.path
+        current = current_path.read_bytes()
+    except (KeyError, OSError):
+        current, current_path = b"", Path("/dev/null")
+    lines = difflib.unified_diff(
+        data.decode(errors="replace").splitlines(keepends=True),
+        current.decode(errors="replace").splitlines(keepends=True),
+        f"conflict #{entry_id} ({entry.loser_origin}, lost)",
+        f"{current_path} (current)",
+    )
+    sys.stdout.write("".join(lines))
 
 
 @conflicts.command("restore")

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,8 +62,12 @@ def _select_peers(config: Config, names: list[str]) -> list[PeerConfig]:
     return chosen
 
 
+Progress = Callable[[str], None]
+
+
 async def run_sync(
-    config: Config, peer_names: list[str], *, dry_run: bool, timeout: float = 300
+    config: Config, peer_names: list[str], *, dry_run: bool, timeout: float = 300,
+    progress: Progress | None = None,
 ) -> SyncReport:
     peers = _select_peers(config, peer_names)
     if AgentLock.held(config.node.state_dir):
@@ -86,17 +91,31 @@ async def run_sync(
     config.node.state_dir.mkdir(parents=True, exist_ok=True)
     lock.acquire()
     try:
-        return await _standalone_round(config, peers, dry_run, timeout)
+        return await _standalone_round(config, peers, dry_run, timeout, progress)
     finally:
         lock.release()
 
 
 async def _standalone_round(
-    config: Config, peers: list[PeerConfig], dry_run: bool, timeout: float
+    config: Config, peers: list[PeerConfig], dry_run: bool, timeout: float,
+    progress: Progress | None,
 ) -> SyncReport:
     node_key = transport.load_node_key(config.node.key)
     node = Node(config)
     report = SyncReport()
+    received = [0]
+    for folder in node.folders.values():
+        folder.on_applied.append(lambda outcome: received.__setitem__(
+            0, received[0] + len(outcome.applied)))
+
+    async def show_progress() -> None:
+        assert progress is not None
+        while True:
+            done = len(report.in_sync) + len(report.down)
+            progress(f"{done}/{len(peers)} peer(s) done, {received[0]} file(s) received")
+            await asyncio.sleep(0.2)
+
+    ticker = asyncio.get_running_loop().create_task(show_progress()) if progress else None
     try:
         await node.open()
         await node.scan_all()
@@ -121,6 +140,10 @@ async def _standalone_round(
 
         await asyncio.gather(*(one(p) for p in peers))
     finally:
+        if ticker is not None:
+            ticker.cancel()
+            assert progress is not None
+            progress(f"{len(peers)}/{len(peers)} peer(s) done, {received[0]} file(s) received\n")
         node.close()
     return report
 

@@ -86,6 +86,8 @@ def test_concurrent_edits_pick_one_winner_and_archive_the_loser(cluster: Any) ->
     assert "shared.py" in listing and "a" in listing
     archived = next(a.state.joinpath("conflicts/dags").glob("shared.py.*"))
     assert archived.read_text() == "v = 'from a'\n"
+    diff = a.run("conflicts", "show", "1", "--diff", check=True).stdout
+    assert "-v = 'from a'" in diff and "+v = 'from b, later'" in diff
 
     restored = a.run("conflicts", "restore", "1", check=True)
     assert "restored" in restored.stdout
@@ -152,3 +154,35 @@ def test_a_chmod_alone_propagates(cluster: Any) -> None:
     wait_converged([a, b])
     os.chmod(a.dags / "run.sh", 0o755)
     wait_until(lambda: (b.dags / "run.sh").stat().st_mode & 0o777 == 0o755, 10, "the chmod")
+
+
+def test_sync_shows_progress_on_a_terminal(cluster: Any) -> None:
+    import pty
+    import subprocess
+    import sys
+
+    nodes = cluster("a", "b")
+    a, b = nodes["a"], nodes["b"]
+    for i in range(30):
+        write(b.dags / f"p{i}.py", f"p = {i}\n")
+    b.start()
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dagsync", "sync", "--config", str(a.config)],
+            stderr=secondary, stdout=subprocess.PIPE, timeout=60,
+        )
+        os.close(secondary)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(primary)
+    assert proc.returncode == 0
+    assert b"1/1 peer(s) done, 30 file(s) received" in out
