@@ -45,11 +45,20 @@ class VersionVector:
     def as_dict(self) -> dict[str, int]:
         return dict(self.counters)
 
-    def bump(self, node: str) -> VersionVector:
-        """The vector of a new edit made on `node` on top of this version."""
+    def bump(self, node: str, floor: int = 0) -> VersionVector:
+        """The vector of a new edit made on `node` on top of this version.
+
+        `floor` (the node passes its wall clock in seconds, as Syncthing does) keeps a
+        node whose database was lost from reusing a counter value it already handed out.
+        """
         d = self.as_dict()
-        d[node] = d.get(node, 0) + 1
+        d[node] = max(d.get(node, 0) + 1, floor)
         return VersionVector.of(d)
+
+    @property
+    def empty(self) -> bool:
+        """No node ever edited this version: a file found on disk and not yet versioned."""
+        return not self.counters
 
     def merge(self, other: VersionVector) -> VersionVector:
         """Pairwise maximum: the vector of a version that has seen both."""
@@ -91,7 +100,7 @@ class VersionVector:
                 or not isinstance(item[0], str)
                 or not isinstance(item[1], int)
                 or isinstance(item[1], bool)
-                or item[1] < 0
+                or not 0 <= item[1] < 2**63
                 or item[0] in pairs
             ):
                 raise ValueError("bad version vector entry")

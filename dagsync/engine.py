@@ -16,7 +16,7 @@ import xxhash
 
 from dagsync import fsio
 from dagsync.archive import ConflictArchive
-from dagsync.clock import HybridClock, VersionVector, hlc_ms
+from dagsync.clock import HybridClock, VersionVector, hlc_ms, hlc_pack
 from dagsync.config import FolderConfig
 from dagsync.errors import PathRefused
 from dagsync.ignore import IgnoreMatcher
@@ -124,6 +124,7 @@ class FolderEngine:
         self.on_applied: list[Callable[[BatchOutcome], None]] = []
         self.last_scan_duration = 0.0
         self.reverts: set[str] = set()  # receive-only paths awaiting the cluster's version
+        self.adopting = False  # the first scan into an empty index makes unversioned records
         self.watcher_mode = "none"  # inotify | polling | none (one-shot runs)
         self.revert_needed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -140,6 +141,7 @@ class FolderEngine:
 
         def load() -> None:
             self.records = self.index.load(self.id)
+            self.adopting = not self.records
             self.max_seq = self.index.max_seq(self.id)
             self.index_id = self.index.index_id(self.id)
             if self.root.is_dir():
@@ -197,6 +199,7 @@ class FolderEngine:
         )
         async with self.lock:
             count = await asyncio.to_thread(self._register, result, None)
+        self.adopting = False
         self.last_scan = time.time()
         self.last_scan_duration = result.duration_s
         self.last_scan_problems = [f"{p.path}: {p.reason}" for p in result.problems]
@@ -260,13 +263,32 @@ class FolderEngine:
         ):
             # Same bytes and metadata (e.g. a new inode): remember the stat, no new version.
             return prev, obs.stat()
+        if prev is None and self.adopting:
+            # First scan into an empty index (new node, or a rebuilt database): the file
+            # is unversioned, so any version the cluster holds wins over it (its content
+            # archived if different) and nothing the cluster deleted comes back. Between
+            # unversioned copies the newest mtime wins.
+            return replace(
+                self._unversioned(obs), hlc=hlc_pack(obs.mtime_ns // 1_000_000, 0)
+            ), obs.stat()
         vv = prev.vv if prev else VersionVector()
         version = FileVersion(
             path=obs.path, kind=obs.kind, size=obs.size, mtime_ns=obs.mtime_ns, mode=obs.mode,
-            hash=obs.hash, deleted=False, vv=vv.bump(self.node), hlc=self.clock.tick(),
+            hash=obs.hash, deleted=False, vv=vv.bump(self.node, self._vv_floor()),
+            hlc=self.clock.tick(),
             origin=self.node, target=obs.target,
         )
         return version, obs.stat()
+
+    def _unversioned(self, obs: Observed) -> FileVersion:
+        return FileVersion(
+            path=obs.path, kind=obs.kind, size=obs.size, mtime_ns=obs.mtime_ns, mode=obs.mode,
+            hash=obs.hash, deleted=False, vv=VersionVector(), hlc=0, origin=self.node,
+            target=obs.target,
+        )
+
+    def _vv_floor(self) -> int:
+        return int(time.time())
 
     def _vanished(
         self, result: ScanResult, limited_to: list[str] | None
@@ -298,7 +320,8 @@ class FolderEngine:
             if self.ignore.ignored(path, False) or _lstat_key(self.root, path) is not None:
                 continue
             tomb = replace(
-                v, size=0, hash="", target="", deleted=True, vv=v.vv.bump(self.node),
+                v, size=0, hash="", target="", deleted=True,
+                vv=v.vv.bump(self.node, self._vv_floor()),
                 hlc=self.clock.tick(), origin=self.node,
             )
             out.append((tomb, None))
@@ -311,7 +334,8 @@ class FolderEngine:
         archive and leave the record as the cluster's, so the next pull restores it."""
         kept = []
         for version, stat in items:
-            if not self._is_new_version(version):
+            if not self._is_new_version(version) or version.vv.empty:
+                # Unchanged, or found on disk at adoption: recorded, never published.
                 kept.append((version, stat))
                 continue
             if version.path in self.reverts:
@@ -602,6 +626,10 @@ class FolderEngine:
                     loser.path, loser.origin, entry.id)
 
     # --- serving peers ---------------------------------------------------------------
+
+    def publishes(self, v: FileVersion) -> bool:
+        """A receive-only folder announces only the cluster's versions it applied."""
+        return not (self.cfg.mode is FolderMode.RECEIVE_ONLY and v.origin == self.node)
 
     def read_for_peer(self, path: str, want_hash: str, offset: int, size: int) -> bytes | None:
         """Content for a peer's Request, or None when we no longer hold that version."""

@@ -82,7 +82,7 @@ class FileVersion:
         if kind not in ("file", "symlink"):
             raise ValueError(f"bad kind for {path!r}")
         for name, val in (("size", size), ("mtime", mtime), ("mode", mode), ("hlc", hlc)):
-            if not isinstance(val, int) or isinstance(val, bool) or val < 0:
+            if not isinstance(val, int) or isinstance(val, bool) or not 0 <= val < 2**63:
                 raise ValueError(f"bad {name} for {path!r}")
         if not isinstance(hsh, str) or len(hsh) > 64:
             raise ValueError(f"bad hash for {path!r}")

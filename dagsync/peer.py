@@ -310,10 +310,11 @@ class PeerConnection:
                 last = records[-1].seq
                 await self._send_drained(p.Index(
                     folder=folder.id, index_id=folder.index_id,
-                    entries=tuple(r.version for r in records), last_seq=last,
-                    caught_up=last >= folder.max_seq,
+                    entries=tuple(r.version for r in records if folder.publishes(r.version)),
+                    last_seq=last, caught_up=last >= folder.max_seq,
                 ))
-                link.sent_seq = max(link.sent_seq, last) if link.sent_seq >= start else last
+                if link.sent_seq == start:  # else a Resend moved it back meanwhile
+                    link.sent_seq = last
                 announced_caught_up = last >= folder.max_seq
                 continue
             if not announced_caught_up:

@@ -294,7 +294,7 @@ def decode_body(code: int, body: bytes) -> Message:
         raise ProtocolError(f"control message of {len(body)} bytes exceeds {MAX_JSON}")
     try:
         d = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProtocolError(f"{cls.__name__}: body is not valid JSON") from None
     if not isinstance(d, dict):
         raise ProtocolError(f"{cls.__name__}: body is not a JSON object")

@@ -49,8 +49,13 @@ def decide(local: FileVersion | None, remote: FileVersion) -> Action:
     result = resolve(local, remote)
     if result == local:
         return Action(ActionKind.KEEP)
-    concurrent = local.vv.compare(remote.vv) is Order.CONCURRENT
-    conflict = concurrent and not local.same_content(remote)
+    order = local.vv.compare(remote.vv)
+    # Equal vectors with different content only arise from unversioned files found on
+    # disk (a new or rebuilt index) or a lost counter: treat them like concurrent edits.
+    conflict = order in (Order.CONCURRENT, Order.EQUAL) and not local.same_content(remote)
+    # Unversioned local content that the cluster overrides is kept too, never dropped.
+    if local.vv.empty and not local.deleted and not result.same_content(local):
+        conflict = True
     if result.same_content(local):
         # Our bytes stand; only the record changes (the winner's metadata).
         return Action(ActionKind.RECORD, result=result, conflict=conflict)

@@ -186,3 +186,32 @@ def test_sync_shows_progress_on_a_terminal(cluster: Any) -> None:
         os.close(primary)
     assert proc.returncode == 0
     assert b"1/1 peer(s) done, 30 file(s) received" in out
+
+
+def test_a_rebuilt_index_adopts_the_cluster_without_resurrecting_or_losing(
+    cluster: Any,
+) -> None:
+    nodes = cluster("a", "b", extra={"scan_interval": "300s"})
+    a, b = nodes["a"], nodes["b"]
+    write(a.dags / "deleted_meanwhile.py", "d = 1\n")
+    write(a.dags / "edited_meanwhile.py", "e = 1\n")
+    write(a.dags / "same.py", "s = 1\n")
+    a.start()
+    b.start()
+    wait_converged([a, b])
+    b.stop()
+    (a.dags / "deleted_meanwhile.py").unlink()
+    write(a.dags / "edited_meanwhile.py", "e = 2\n")
+    time.sleep(1)  # let a record both
+    for leftover in b.state.glob("index.db*"):
+        leftover.unlink()  # b's database is lost
+    write(b.dags / "only_on_b.py", "b = 1\n")
+    b.start()
+    wait_converged([a, b], 20)
+    assert not (b.dags / "deleted_meanwhile.py").exists()
+    assert (b.dags / "edited_meanwhile.py").read_text() == "e = 2\n"
+    assert (a.dags / "only_on_b.py").read_text() == "b = 1\n"
+    assert (a.dags / "same.py").read_text() == "s = 1\n"
+    # What b held and the cluster overrode is kept in b's archive, never dropped.
+    archived = {p.name.split(".py")[0] for p in (b.state / "conflicts/dags").iterdir()}
+    assert {"deleted_meanwhile", "edited_meanwhile"} <= archived
