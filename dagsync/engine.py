@@ -275,7 +275,7 @@ class FolderEngine:
         version = FileVersion(
             path=obs.path, kind=obs.kind, size=obs.size, mtime_ns=obs.mtime_ns, mode=obs.mode,
             hash=obs.hash, deleted=False, vv=vv.bump(self.node, self._vv_floor()),
-            hlc=self.clock.tick(),
+            hlc=self._hlc_after(prev),
             origin=self.node, target=obs.target,
         )
         return version, obs.stat()
@@ -286,6 +286,13 @@ class FolderEngine:
             hash=obs.hash, deleted=False, vv=VersionVector(), hlc=0, origin=self.node,
             target=obs.target,
         )
+
+    def _hlc_after(self, prev: FileVersion | None) -> int:
+        """An edit's HLC is above the version it replaces, even when that one came from a
+        clock too far ahead for the shared clock to follow: otherwise wins() would not
+        rank versions consistently."""
+        tick = self.clock.tick()
+        return tick if prev is None else max(tick, prev.hlc + 1)
 
     def _vv_floor(self) -> int:
         return int(time.time())
@@ -322,7 +329,7 @@ class FolderEngine:
             tomb = replace(
                 v, size=0, hash="", target="", deleted=True,
                 vv=v.vv.bump(self.node, self._vv_floor()),
-                hlc=self.clock.tick(), origin=self.node,
+                hlc=self._hlc_after(v), origin=self.node,
             )
             out.append((tomb, None))
         return out

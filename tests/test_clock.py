@@ -22,6 +22,8 @@ from dagsync.clock import (
 
 VV = VersionVector.of
 QUICK = settings(max_examples=50, deadline=None)
+NODES = st.sampled_from(["a", "b", "c", "d", "e"])
+vectors = st.dictionaries(NODES, st.integers(min_value=0, max_value=20), max_size=5).map(VV)
 
 # --- version vectors: compare ------------------------------------------------------
 
@@ -94,14 +96,37 @@ def test_edits_on_two_nodes_from_the_same_base_are_concurrent() -> None:
     assert base.bump("a").compare(base.bump("b")) is Order.CONCURRENT
 
 
+def test_bump_with_a_floor_never_reuses_a_counter_after_a_lost_database() -> None:
+    """A node whose index was wiped restarts from an empty vector; flooring its counter
+    at the wall clock (seconds) keeps its new edits from colliding with old ones."""
+    fresh = VersionVector().bump("a", floor=1_700_000_000)
+    assert fresh.get("a") == 1_700_000_000
+    assert fresh.compare(VV({"a": 41})) is Order.AFTER
+    assert VV({"a": 1_800_000_000}).bump("a", floor=1_700_000_000).get("a") == 1_800_000_001
+    assert VV({"a": 1, "b": 2}).bump("a", floor=0) == VV({"a": 2, "b": 2})
+
+
+@QUICK
+@given(vectors, NODES, st.integers(0, 10**10))
+def test_bump_with_any_floor_follows_the_base(base: VersionVector, node: str, floor: int) -> None:
+    bumped = base.bump(node, floor)
+    assert bumped.compare(base) is Order.AFTER
+    assert bumped.get(node) >= floor
+
+
+def test_only_a_vector_no_node_ever_bumped_is_empty() -> None:
+    assert VersionVector().empty
+    assert VV({"a": 0}).empty
+    assert not VV({"a": 1}).empty
+    assert VersionVector().compare(VV({"a": 1})) is Order.BEFORE  # loses to any edit
+
+
 def test_get_of_an_unknown_node_is_zero() -> None:
     assert VV({"a": 4}).get("nobody") == 0
 
 
 # --- merge (hypothesis) -------------------------------------------------------------
 
-NODES = st.sampled_from(["a", "b", "c", "d", "e"])
-vectors = st.dictionaries(NODES, st.integers(min_value=0, max_value=20), max_size=5).map(VV)
 
 
 @QUICK
@@ -168,6 +193,10 @@ def test_from_wire_accepts_the_largest_allowed_vector() -> None:
     assert len(VersionVector.from_wire(raw).counters) == 4096
 
 
+def test_from_wire_accepts_the_largest_int64_counter() -> None:
+    assert VersionVector.from_wire([["a", 2**63 - 1]]).get("a") == 2**63 - 1
+
+
 def test_from_wire_drops_zero_counters() -> None:
     assert VersionVector.from_wire([["a", 0], ["b", 2]]) == VV({"b": 2})
 
@@ -188,6 +217,7 @@ MALFORMED: list[tuple[str, Any]] = [
     ("counter is True", [["a", True]]),
     ("counter is False", [["a", False]]),
     ("counter negative", [["a", -1]]),
+    ("counter beyond int64", [["a", 2**63]]),
     ("counter float", [["a", 1.0]]),
     ("counter string", [["a", "1"]]),
     ("counter None", [["a", None]]),

@@ -467,26 +467,29 @@ def test_unknown_extra_fields_are_ignored_for_forward_compatibility() -> None:
     assert p.decode_body(7, body) == p.Ping(4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decode_body lets json.loads' RecursionError escape instead of a ProtocolError",
-)
-def test_deeply_nested_json_is_a_protocol_error() -> None:
-    body = b"[" * 100_000 + b"]" * 100_000  # 200 kB, far below MAX_JSON
+@pytest.mark.parametrize("opener", [b"[", b'{"a":'], ids=["arrays", "objects"])
+def test_deeply_nested_json_is_a_protocol_error(opener: bytes) -> None:
+    closer = b"]" if opener == b"[" else b"}"
+    body = opener * 100_000 + b"1" * (opener != b"[") + closer * 100_000  # < MAX_JSON
     s = greeted()
     with pytest.raises(ProtocolError):
         s.receive_data(frame(7, body))
     assert s.closed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FileVersion.from_wire bounds size/mtime/mode/hlc below but not above: values "
-    "over int64 pass decoding and then break the SQLite index (OverflowError)",
-)
-@pytest.mark.parametrize("field", ["c", "m", "s"], ids=["hlc", "mtime_ns", "size"])
+@pytest.mark.parametrize("field", ["c", "m", "s", "x"], ids=["hlc", "mtime_ns", "size", "mode"])
 def test_index_entry_integers_beyond_int64_are_a_protocol_error(field: str) -> None:
+    """The index stores them as SQLite INTEGERs: a bigger value must die here, as a
+    ProtocolError on that connection, not later as an OverflowError in the engine."""
     body = json.dumps(_index([_entry(**{field: 2**63})])).encode()
+    with pytest.raises(ProtocolError):
+        p.decode_body(2, body)
+    assert isinstance(p.decode_body(2, json.dumps(_index([_entry(**{field: INT64})])).encode()),
+                      p.Index)
+
+
+def test_index_entry_vector_counter_beyond_int64_is_a_protocol_error() -> None:
+    body = json.dumps(_index([_entry(v=[["a", 2**63]])])).encode()
     with pytest.raises(ProtocolError):
         p.decode_body(2, body)
 
