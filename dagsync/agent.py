@@ -33,6 +33,7 @@ BACKOFF_CAP = 30.0
 STABLE_CONNECTION = 10.0
 CONTROL_LINE_LIMIT = 64 * 1024
 DIFF_LIMIT = 100
+WATCH_GUARD_INTERVAL = 2.0
 STATUS_SCHEMA = 1  # version of the `status --json` document (docs/operations.md)
 
 
@@ -148,6 +149,8 @@ class Agent:
             log.info("agent %s stopping", node.name)
             for watcher in self.watchers.values():
                 watcher.stop()
+                if watcher.task is not None:
+                    watcher.task.cancel()
             server.close()
             control.close()
             for conn in list(node.connections.values()):
@@ -232,21 +235,48 @@ class Agent:
     def _start_watchers(self) -> None:
         node = self.node
         assert node is not None
-        loop = asyncio.get_running_loop()
         for folder in node.folders.values():
-            watcher = FolderWatcher(folder.root, folder.ignore, folder.scan_some,
-                                    self.config.settle, loop, on_overflow=folder.scan)
-            try:
-                watcher.start()
-            except WatchUnavailable as exc:
-                folder.watcher_mode = "polling"
-                log.warning("folder %s: cannot watch %s (%s); falling back to full scans "
-                            "every %.0f s", folder.id, folder.root, exc,
-                            self.config.scan_interval)
-                continue
-            folder.watcher_mode = "inotify"
-            self.watchers[folder.id] = watcher
-            self._spawn(watcher.run())
+            self._watch(folder)
+        self._spawn(self._watch_guard())
+
+    def _watch(self, folder: FolderEngine) -> None:
+        loop = asyncio.get_running_loop()
+        watcher = FolderWatcher(folder.root, folder.ignore, folder.scan_some,
+                                self.config.settle, loop, on_overflow=folder.scan)
+        try:
+            watcher.start()
+        except WatchUnavailable as exc:
+            folder.watcher_mode = "polling"
+            log.warning("folder %s: cannot watch %s (%s); falling back to full scans "
+                        "every %.0f s", folder.id, folder.root, exc, self.config.scan_interval)
+            return
+        folder.watcher_mode = "inotify"
+        self.watchers[folder.id] = watcher
+        watcher.task = loop.create_task(watcher.run())
+
+    async def _watch_guard(self) -> None:
+        """Re-watch a folder whose directory was replaced (or which failed to watch), and
+        rescan it, so live watching survives `mv` and symlink-swap deployments."""
+        node = self.node
+        assert node is not None
+        while True:
+            await asyncio.sleep(WATCH_GUARD_INTERVAL)
+            for folder in node.folders.values():
+                watcher = self.watchers.get(folder.id)
+                if watcher is None and folder.watcher_mode == "polling":
+                    continue  # inotify refused it; full scans cover it
+                if watcher is not None and not watcher.root_replaced():
+                    continue
+                if watcher is not None:
+                    log.warning("folder %s: %s now names another directory; watching it "
+                                "anew", folder.id, folder.root)
+                    watcher.stop()
+                    if watcher.task is not None:
+                        watcher.task.cancel()
+                    del self.watchers[folder.id]
+                if folder.root.is_dir():
+                    self._watch(folder)
+                    await folder.scan()
 
     def _reload(self) -> None:
         """SIGHUP: re-read the config; peers are added or removed without a restart. An
@@ -265,6 +295,8 @@ class Agent:
         assert node is not None
         self.config = new
         node.config = new
+        for watcher in self.watchers.values():
+            watcher.settle = new.settle
         old_peers = {p.name: p for p in old.peers}
         new_peers = {p.name: p for p in new.peers}
         for name, peer in old_peers.items():
@@ -471,7 +503,8 @@ class Agent:
                 "id": f.id, "path": str(f.root), "mode": f.cfg.mode.value, "files": files,
                 "readable": f.root.is_dir() and os.access(f.root, os.R_OK | os.X_OK),
                 "bytes": size, "digest": f.digest(), "last_scan": f.last_scan,
-                "problems": f.last_scan_problems[:20], "watcher": f.watcher_mode,
+                "problems": ([f.guard_problem] if f.guard_problem else [])
+                + f.last_scan_problems[:20], "watcher": f.watcher_mode,
                 "local_edits_refused": f.local_edits_refused,
             })
         peers = [s.as_dict() for s in node.peers.values()]

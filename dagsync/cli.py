@@ -221,7 +221,7 @@ def status(click_ctx: click.Context, config_path: Path | None, as_json: bool,
     cfg = _load(ctx)
     try:
         data = asyncio.run(control_request(
-            cfg, {"cmd": "status", "cluster": cluster or diff, "diff": diff}))
+            cfg, {"cmd": "status", "cluster": cluster or diff, "diff": diff}, timeout=15))
     except AgentNotRunning as exc:
         data = offline_status(cfg, str(exc))
     except DagsyncError as exc:
@@ -248,19 +248,22 @@ def conflicts(click_ctx: click.Context, config_path: Path | None) -> None:
         click_ctx.invoke(conflicts_list)
 
 
-def _archive(click_ctx: click.Context) -> tuple[Ctx, Config, Any]:
+def _archive(
+    click_ctx: click.Context, config_path: Path | None = None
+) -> tuple[Ctx, Config, Any]:
     from dagsync.archive import ConflictArchive
 
-    ctx = _ctx(click_ctx, click_ctx.obj.get("config_path"))
+    ctx = _ctx(click_ctx, config_path or click_ctx.obj.get("config_path"))
     cfg = _load(ctx)
     return ctx, cfg, ConflictArchive(cfg.node.state_dir)
 
 
 @conflicts.command("list")
+@config_option
 @click.pass_context
-def conflicts_list(click_ctx: click.Context) -> None:
+def conflicts_list(click_ctx: click.Context, config_path: Path | None = None) -> None:
     """List archived losing versions."""
-    _, _, archive = _archive(click_ctx)
+    _, _, archive = _archive(click_ctx, config_path)
     entries = archive.list()
     if not entries:
         click.echo("no conflicts")
@@ -276,12 +279,14 @@ def conflicts_list(click_ctx: click.Context) -> None:
 @conflicts.command("show")
 @click.argument("entry_id", type=int)
 @click.option("--diff", is_flag=True, help="Show a diff against the current file instead.")
+@config_option
 @click.pass_context
-def conflicts_show(click_ctx: click.Context, entry_id: int, diff: bool) -> None:
+def conflicts_show(click_ctx: click.Context, entry_id: int, diff: bool,
+                   config_path: Path | None) -> None:
     """Print a losing version (or how it differs from the current file)."""
     import difflib
 
-    ctx, cfg, archive = _archive(click_ctx)
+    ctx, cfg, archive = _archive(click_ctx, config_path)
     try:
         entry = archive.get(entry_id)
         data = archive.read(entry_id)
@@ -307,15 +312,16 @@ def conflicts_show(click_ctx: click.Context, entry_id: int, diff: bool) -> None:
 
 @conflicts.command("restore")
 @click.argument("entry_id", type=int)
+@config_option
 @click.pass_context
-def conflicts_restore(click_ctx: click.Context, entry_id: int) -> None:
+def conflicts_restore(click_ctx: click.Context, entry_id: int, config_path: Path | None) -> None:
     """Make a losing version the newest version again (it then propagates)."""
     import time
 
     from dagsync import fsio
     from dagsync.oneshot import control_request
 
-    ctx, cfg, archive = _archive(click_ctx)
+    ctx, cfg, archive = _archive(click_ctx, config_path)
     try:
         entry = archive.get(entry_id)
         data = archive.read(entry_id)
@@ -327,8 +333,7 @@ def conflicts_restore(click_ctx: click.Context, entry_id: int) -> None:
         fail(ctx, UsageError(f"conflict #{entry_id} belongs to folder {entry.folder!r}, "
                              "which is no longer configured"))
     try:
-        fsio.write_file(folder.path, entry.path, data, 0o644 if not entry.file.exists()
-                        else entry.file.stat().st_mode & 0o7777, time.time_ns())
+        fsio.write_file(folder.path, entry.path, data, entry.mode, time.time_ns())
     except (OSError, DagsyncError) as exc:
         fail(ctx, DagsyncError(f"cannot restore {entry.folder}/{entry.path}: {exc}"))
     archive.mark_seen([entry_id])

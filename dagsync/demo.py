@@ -306,7 +306,7 @@ class Demo:
         for node in nodes:
             try:
                 reply = await control_request(node.load(), {"cmd": "status"}, timeout=5)
-            except (DagsyncError, OSError, TimeoutError):
+            except (DagsyncError, OSError, TimeoutError, ValueError):
                 return False
             wanted = {n.name for n in nodes if n is not node}
             connected = {p["name"] for p in reply.get("peers", [])
@@ -535,7 +535,7 @@ async def run_demo(*, keep: bool, echo: Echo) -> int:
         await demo.step3_catch_up()
         await demo.step4_status()
         code, failed = 0, False
-    except DemoFailed as exc:
+    except (DemoFailed, DagsyncError, OSError, subprocess.SubprocessError) as exc:
         echo("")
         echo(f"FAILED: {exc}")
         demo.log_tails()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -125,6 +126,8 @@ class FolderEngine:
         self.last_scan_duration = 0.0
         self.reverts: set[str] = set()  # receive-only paths awaiting the cluster's version
         self.adopting = False  # the first scan into an empty index makes unversioned records
+        self.guard_problem = ""  # set while the empty-folder guard holds deletes back
+        self.read_only = False  # dry runs: never touch the folder or the archive
         self.watcher_mode = "none"  # inotify | polling | none (one-shot runs)
         self.revert_needed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -309,15 +312,16 @@ class FolderEngine:
             ]
         if "" in result.unreadable_dirs:
             return []  # the folder itself could not be read: nothing is known to be gone
-        if limited_to is None and not result.present and any(
-            not r.version.deleted for r in self.records.values()
-        ):
+        if _is_empty_dir(self.root) and any(not r.version.deleted for r in self.records.values()):
             # An empty folder where files were: far likelier an unmounted volume or a
             # wrong path than an operator deleting every DAG. Never wipe the cluster.
-            log.error("folder %s: %s is empty but %d files were there; not propagating "
-                      "deletes (delete files individually, or re-create the folder)", self.id,
-                      self.root, self.counts()[0])
+            problem = (f"{self.root} is empty but {self.counts()[0]} files were there; not "
+                       "propagating deletes (unmounted volume? to empty the folder on purpose, "
+                       "keep one file in it)")
+            log.error("folder %s: %s", self.id, problem)
+            self.guard_problem = problem
             return []
+        self.guard_problem = ""
         blocked = tuple(d.rstrip("/") + "/" for d in result.unreadable_dirs)
         out: list[tuple[FileVersion, LocalStat | None]] = []
         for path in candidates:
@@ -341,13 +345,21 @@ class FolderEngine:
         archive and leave the record as the cluster's, so the next pull restores it."""
         kept = []
         for version, stat in items:
-            if not self._is_new_version(version) or version.vv.empty:
-                # Unchanged, or found on disk at adoption: recorded, never published.
+            prev = self.records.get(version.path)
+            if (
+                not self._is_new_version(version)
+                or version.vv.empty
+                or (prev is not None and prev.version.origin == self.node)
+            ):
+                # Unchanged, found on disk at adoption, or a file only this node ever had:
+                # recorded, never published (see publishes()).
                 kept.append((version, stat))
                 continue
             if version.path in self.reverts:
                 continue  # already archived and waiting for the cluster's version
             self.local_edits_refused += 1
+            if self.read_only:
+                continue
             if not version.deleted:
                 try:
                     data = fsio.read_range(self.root, version.path, 0, self.max_file_size)
@@ -488,7 +500,7 @@ class FolderEngine:
             if reason is not None:
                 outcome.refused.append((remote.path, reason))
                 continue
-            action = decide(self.version(remote.path), remote)
+            action = decide(self.version(remote.path), remote, self_node=self.node)
             if action.kind is not ActionKind.KEEP:
                 planned.append(Planned(remote, action))
         return planned
@@ -550,10 +562,11 @@ class FolderEngine:
     def _apply_locked(
         self, planned: list[Planned], contents: dict[str, bytes], outcome: BatchOutcome
     ) -> bool:
-        """Runs in a worker thread under the folder lock."""
+        """Runs in a worker thread under the folder lock. True when the index changed
+        (something applied, or a local change registered): the senders must be woken."""
         # A file edited locally since we recorded it is a local change: register it
         # first, so deciding against it archives it instead of overwriting it unseen.
-        self._register(
+        registered = self._register(
             scan_paths(self.root, [p.remote.path for p in planned], self, self.ignore,
                        self.max_file_size),
             [p.remote.path for p in planned],
@@ -562,7 +575,7 @@ class FolderEngine:
         done: list[tuple[FileVersion, LocalStat | None]] = []
         for p in planned:
             local = self.version(p.remote.path)
-            action = decide(local, p.remote)
+            action = decide(local, p.remote, self_node=self.node)
             result = action.result
             if action.kind is ActionKind.KEEP or result is None:
                 continue
@@ -589,7 +602,7 @@ class FolderEngine:
                 done.append(item)
         self._commit(staged, done, outcome)
         if not done:
-            return False
+            return registered > 0  # a local edit found just now is news too
         for v, _ in done:
             log.info("folder %s: %s %s from %s", self.id,
                      "deleted" if v.deleted else "updated", v.path, v.origin)
@@ -644,6 +657,14 @@ class FolderEngine:
         if v is None or v.deleted or v.hash != want_hash or v.kind is not Kind.FILE:
             return None
         return fsio.read_range(self.root, path, offset, size)
+
+
+def _is_empty_dir(path: Path) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    except OSError:
+        return False
 
 
 def _lstat_key(root: Path, rel: str) -> tuple[int, int, int] | None:

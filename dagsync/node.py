@@ -156,7 +156,9 @@ class Node:
 
     def note_error(self, peer_name: str, error: str) -> None:
         state = self.peers.setdefault(peer_name, PeerState(peer_name))
-        if not state.connected and state.since is None:
+        if state.connected:
+            return  # a spare connection failed; the peer itself is fine
+        if state.since is None:
             state.since = time.time()
         state.last_error = error
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,10 +40,15 @@ async def control_request(config: Config, request: dict[str, Any], timeout: floa
         reader, writer = await asyncio.open_unix_connection(str(path), limit=2**24)
     except (FileNotFoundError, ConnectionRefusedError):
         raise AgentNotRunning(f"no agent answers on {path}") from None
+    except PermissionError:
+        raise DagsyncError(f"{path}: permission denied (run as the agent's user)") from None
     try:
         writer.write(json.dumps(request).encode() + b"\n")
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), timeout)
+    except TimeoutError:
+        raise AgentNotRunning(f"the agent on {path} did not answer within {timeout:.0f} s "
+                              "(hung?)") from None
     finally:
         writer.close()
     if not line:
@@ -103,6 +109,8 @@ async def _standalone_round(
     node_key = transport.load_node_key(config.node.key)
     node = Node(config)
     report = SyncReport()
+    for folder in node.folders.values():
+        folder.read_only = dry_run
     received = [0]
     for folder in node.folders.values():
         folder.on_applied.append(lambda outcome: received.__setitem__(
@@ -116,20 +124,30 @@ async def _standalone_round(
             await asyncio.sleep(0.2)
 
     ticker = asyncio.get_running_loop().create_task(show_progress()) if progress else None
+    control: asyncio.Server | None = None
     try:
         await node.open()
         await node.scan_all()
+        control = await _serve_peer_streams(config, node)
 
         async def one(peer: PeerConfig) -> None:
             try:
                 stream = await transport.dial(peer, node.name, node_key, config.node.key)
                 conn = PeerConnection(node, stream, expected_name=peer.name, initiator=True,
                                       oneshot=True, dry_run=dry_run)
-                with contextlib.suppress(DagsyncError):
+                ended: DagsyncError | None = None
+                try:
                     await asyncio.wait_for(conn.run(), timeout)
+                except DagsyncError as exc:
+                    ended = exc
+                if conn.duplicate:
+                    # The peer's own round reached us first; that connection serves both.
+                    await _wait_for_other(node, peer.name, timeout)
+                    report.in_sync.append(peer.name)
+                    return
                 if not conn.done.is_set():
-                    raise DagsyncError(conn.close_reason or "connection ended before the round "
-                                       "completed")
+                    raise DagsyncError(conn.close_reason or (str(ended) if ended else "")
+                                       or "connection ended before the round completed")
                 report.in_sync.append(peer.name)
                 if dry_run:
                     report.would.extend(_dry_run_listing(node, conn))
@@ -140,12 +158,66 @@ async def _standalone_round(
 
         await asyncio.gather(*(one(p) for p in peers))
     finally:
+        _close_peer_streams(config, control)
         if ticker is not None:
             ticker.cancel()
             assert progress is not None
             progress(f"{len(peers)}/{len(peers)} peer(s) done, {received[0]} file(s) received\n")
         node.close()
     return report
+
+
+async def _wait_for_other(node: Node, peer_name: str, timeout: float) -> None:
+    other = node.connections.get(peer_name)
+    if other is None:
+        return
+    try:
+        await asyncio.wait_for(other.closed.wait(), timeout)
+    except TimeoutError:
+        raise DagsyncError(f"round not complete within {timeout:.0f} s") from None
+    if not other.synced:
+        raise DagsyncError(other.close_reason or "connection ended before the round completed")
+
+
+async def _serve_peer_streams(config: Config, node: Node) -> asyncio.Server:
+    """While a one-shot process holds the node, it serves the peers that reach this node
+    through `serve --stdio` (cron rounds crossing each other), as the agent would."""
+    path = control_socket_path(config)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = json.loads(await reader.readline() or b"{}")
+            name = request.get("peer")
+            if request.get("cmd") != "peer-stream" or not isinstance(name, str) or (
+                config.peer(name) is None
+            ):
+                writer.write(json.dumps({"ok": False, "error": "a one-shot round holds this "
+                                         "node; try again"}).encode() + b"\n")
+                await writer.drain()
+                return
+            writer.write(b'{"ok": true}\n')
+            await writer.drain()
+            conn = PeerConnection(node, transport.unix_stream(reader, writer, f"{name}@ssh"),
+                                  expected_name=name, initiator=False)
+            with contextlib.suppress(DagsyncError):
+                await conn.run()
+        except (ValueError, AttributeError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    server = await asyncio.start_unix_server(handle, path=str(path))
+    os.chmod(path, 0o600)
+    return server
+
+
+def _close_peer_streams(config: Config, server: asyncio.Server | None) -> None:
+    if server is not None:
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            control_socket_path(config).unlink()
 
 
 def _dry_run_listing(node: Node, conn: PeerConnection) -> list[tuple[str, str, str]]:
@@ -166,25 +238,50 @@ async def serve_stdio(config: Config, peer_name: str | None) -> None:
     """Speak the peer protocol on stdin/stdout for an ssh:// peer."""
     if peer_name is not None and config.peer(peer_name) is None:
         raise UsageError(f"--peer {peer_name}: no such peer in {config.source}")
-    if AgentLock.held(config.node.state_dir):
-        if peer_name is None:
-            raise UsageError("serve --stdio needs --peer NAME when an agent runs")
-        await _bridge_to_agent(config, peer_name)
-        return
-    lock = AgentLock(config.node.state_dir)
-    config.node.state_dir.mkdir(parents=True, exist_ok=True)
-    lock.acquire()
+    lock = await _hold_or_bridge(config, peer_name)
+    if lock is None:
+        return  # served through the process that holds this node
     node = Node(config)
+    control: asyncio.Server | None = None
     try:
         await node.open()
         await node.scan_all()
+        control = await _serve_peer_streams(config, node)
         stream = await transport.open_stdio_stream()
         conn = PeerConnection(node, stream, expected_name=peer_name, initiator=False)
         with contextlib.suppress(DagsyncError):
             await conn.run()
     finally:
+        _close_peer_streams(config, control)
         node.close()
         lock.release()
+
+
+BRIDGE_WAIT = 60.0
+
+
+async def _hold_or_bridge(config: Config, peer_name: str | None) -> AgentLock | None:
+    """Take this node's lock, or hand the peer to whoever holds it (an agent or another
+    one-shot process), waiting for it to listen. None when the peer was served."""
+    config.node.state_dir.mkdir(parents=True, exist_ok=True)
+    deadline = asyncio.get_running_loop().time() + BRIDGE_WAIT
+    while True:
+        lock = AgentLock(config.node.state_dir)
+        try:
+            lock.acquire()
+            return lock
+        except DagsyncError:
+            pass  # held by another process
+        if peer_name is None:
+            raise UsageError("serve --stdio needs --peer NAME while another dagsync process "
+                             "(agent or sync) runs on this node")
+        try:
+            await _bridge_to_agent(config, peer_name)
+            return None
+        except AgentNotRunning:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 async def _bridge_to_agent(config: Config, peer_name: str) -> None:

@@ -92,6 +92,8 @@ class PeerConnection:
         self.clock_skew_ms = 0
         self.close_reason = ""
         self._early: list[p.Message] = []
+        self.duplicate = False  # the peer is served by another connection
+        self.synced = False  # in sync when it closed
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -100,13 +102,15 @@ class PeerConnection:
         ProtocolError with the reason; the caller logs it and keeps the agent running."""
         try:
             self._send(p.Hello(
-                node=self.node.name, folders=self.node.offers(self.expected_name),
+                node=self.node.name,
+                folders=self.node.offers(None if self.dry_run else self.expected_name),
                 hlc=self.node.clock.tick(), wall_ms=int(time.time() * 1000),
                 software=f"dagsync/{self.node.version}",
             ))
             hello = await asyncio.wait_for(self._read_hello(), HELLO_TIMEOUT)
             self._accept_hello(hello)
             if not self.node.register(self):
+                self.duplicate = True
                 self._send(p.Close("duplicate connection"))
                 return
             try:
@@ -178,6 +182,7 @@ class PeerConnection:
                 if exc is not None:
                     raise exc
         finally:
+            self.synced = self.in_sync()
             for task in runners:
                 task.cancel()
             await asyncio.gather(*runners, return_exceptions=True)
@@ -202,6 +207,8 @@ class PeerConnection:
         return self.session.receive_data(data)
 
     def _send(self, msg: p.Message) -> None:
+        if self.session.closed:
+            raise PeerClosed(f"peer {self.peer_name}: connection closed")
         self.stream.write(self.session.send(msg))
 
     async def _send_drained(self, msg: p.Message) -> None:

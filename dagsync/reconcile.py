@@ -7,7 +7,7 @@ table-tested and property-tested without any I/O.
 
 from __future__ import annotations
 
-from dagsync.clock import Order
+from dagsync.clock import Order, hlc_ms
 from dagsync.model import Action, ActionKind, FileVersion
 
 
@@ -40,8 +40,16 @@ def resolve(a: FileVersion, b: FileVersion) -> FileVersion:
     return a if wins(a, b) or a == b else b
 
 
-def decide(local: FileVersion | None, remote: FileVersion) -> Action:
-    """What a node holding `local` does on learning of `remote` for the same path."""
+def decide(
+    local: FileVersion | None, remote: FileVersion, *, self_node: str | None = None
+) -> Action:
+    """What a node holding `local` does on learning of `remote` for the same path.
+
+    `self_node` is the deciding node: unversioned content it found on its own disk
+    (a new or rebuilt index) is archived when the cluster overrides it with a version
+    made *before* that file was last modified, i.e. by someone who cannot have seen it.
+    An unversioned record merely relayed from another node was never this node's data.
+    (None: treat every unversioned local record as the node's own.)"""
     if local is None:
         if remote.deleted:
             return Action(ActionKind.RECORD, result=remote)
@@ -54,7 +62,11 @@ def decide(local: FileVersion | None, remote: FileVersion) -> Action:
     # disk (a new or rebuilt index) or a lost counter: treat them like concurrent edits.
     conflict = order in (Order.CONCURRENT, Order.EQUAL) and not local.same_content(remote)
     # Unversioned local content that the cluster overrides is kept too, never dropped.
-    if local.vv.empty and not local.deleted and not result.same_content(local):
+    own = self_node is None or local.origin == self_node
+    if (
+        local.vv.empty and own and not local.deleted and not result.same_content(local)
+        and local.mtime_ns // 1_000_000 > hlc_ms(result.hlc)
+    ):
         conflict = True
     if result.same_content(local):
         # Our bytes stand; only the record changes (the winner's metadata).

@@ -1,6 +1,6 @@
 """`dagsync status`: health rules and the human rendering of the agent's status reply.
 
-The JSON schema (version 1) is documented in docs/operations.md; `health` is the one
+The JSON schema (version 1) is docs/status.schema.json; `health` is the one
 place that decides the exit code: 0 healthy, 1 degraded, 2 critical."""
 
 from __future__ import annotations
@@ -84,11 +84,15 @@ def render(data: dict[str, Any]) -> str:
     lines = [f"node {data['node']}: " + ("agent running" if data.get("agent")
                                          else "AGENT NOT RUNNING")]
     lines.append("")
-    lines.append(f"{'FOLDER':<12} {'FILES':>7} {'BYTES':>12} {'DIGEST':<18} {'LAST SCAN':<10}")
+    lines.append(f"{'FOLDER':<12} {'MODE':<13} {'FILES':>7} {'BYTES':>12} {'DIGEST':<18} "
+                 f"{'LAST SCAN':<10} WATCHER")
     for f in data.get("folders", []):
         digest = (f.get("digest") or "-")[:16]
-        lines.append(f"{f['id']:<12} {f['files']:>7} {f['bytes']:>12} {digest:<18} "
-                     f"{_ago(f.get('last_scan')):<10}")
+        lines.append(f"{f['id']:<12} {f['mode']:<13} {f['files']:>7} {f['bytes']:>12} "
+                     f"{digest:<18} {_ago(f.get('last_scan')):<10} {f.get('watcher') or '-'}")
+        if f.get("local_edits_refused"):
+            lines.append(f"  ! {f['local_edits_refused']} local edit(s) refused "
+                         "(receive-only; kept in the conflict archive)")
         for problem in f.get("problems", [])[:5]:
             lines.append(f"  ! {problem}")
     lines.append("")

@@ -5,10 +5,12 @@ public key, and any other key is refused. Everything above sees only a `Stream`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -295,21 +297,44 @@ async def _dial_openssh(peer: PeerConfig, my_name: str, key_path: Path) -> Strea
         raise TransportError(f"peer {peer.name}: cannot run {cmd[0]}: {exc.strerror}") from None
     assert proc.stdin and proc.stdout and proc.stderr
     stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+    # Drain ssh's stderr all along (the far side logs there): an unread pipe would fill,
+    # stall ssh and with it the protocol. Keep the last lines for the error message.
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+
+    def keep(raw: bytes) -> None:
+        text = raw.decode(errors="replace").strip()
+        if text:
+            tail.append(text[:1000])
+            log.debug("peer %s ssh: %s", peer.name, text[:1000])
+
+    async def pump_stderr() -> None:
+        partial = b""
+        while chunk := await stderr.read(65536):
+            *lines, partial = (partial + chunk).split(b"\n")
+            partial = partial[-4096:]
+            for raw in lines:
+                keep(raw)
+        keep(partial)
+
+    stderr_task = asyncio.create_task(pump_stderr())
 
     async def read(n: int) -> bytes:
         data = await stdout.read(n)
         if not data:
-            err = (await stderr.read(2000)).decode(errors="replace").strip()
-            if err:
-                last = err.splitlines()[-1]
-                raise TransportError(f"peer {peer.name} ({peer.address}): {last}")
+            await asyncio.wait({stderr_task}, timeout=2)  # ssh's last words, if any
+            if tail:
+                raise TransportError(f"peer {peer.name} ({peer.address}): {tail[-1]}")
         return data
 
     def close() -> None:
+        stderr_task.cancel()
         if proc.returncode is None:
             stdin.close()
+            # os.kill, not proc.terminate(): Popen.send_signal() polls first and may reap
+            # an ssh that just exited, behind asyncio's child watcher ("Unknown child
+            # process pid N, will report returncode 255" on stderr).
             with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
+                os.kill(proc.pid, signal.SIGTERM)
 
     return Stream(read, stdin.write, stdin.drain, close, f"{peer.name}@{peer.address}")
 

@@ -108,6 +108,8 @@ class FolderWatcher:
         self.events = 0
         self.overflows = 0
         self.on_overflow = on_overflow
+        self.root_id: tuple[int, int] | None = None
+        self.task: asyncio.Task[None] | None = None
 
     def relative(self, path: str) -> str | None:
         if not path.startswith(self.prefix):
@@ -118,7 +120,20 @@ class FolderWatcher:
             return None
         return rel
 
+    def root_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.root)  # follows a symlinked root on purpose
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def root_replaced(self) -> bool:
+        """The folder path now names another directory (mv, a symlink swap as git-sync
+        does): the inotify watches still follow the old one."""
+        return self.root_identity() != self.root_id
+
     def start(self) -> None:
+        self.root_id = self.root_identity()
         observer = Observer()
         try:
             observer.schedule(_Handler(self), str(self.root), recursive=True,

@@ -49,7 +49,7 @@ def test_demo_shows_every_step_and_cleans_up() -> None:
     loser = "worker1" if m.group(1) == "worker2" else "worker2"
     assert f"{loser}'s losing version is kept outside the DAG folder" in out
     assert "$ dagsync conflicts list" in out
-    assert re.search(rf"dags/team_report\.py\s+{loser}\s+{m.group(1)}", out), out
+    assert re.search(rf"team_report\.py.*\b{loser}\b.*\b{m.group(1)}\b", out), out
     assert "no conflict copy in any DAG folder" in out
     # 3. a node down, stale, back and caught up
     assert "3. A node goes down" in out
@@ -59,8 +59,8 @@ def test_demo_shows_every_step_and_cleans_up() -> None:
     # 4. status --cluster, healthy and converged
     assert "4. dagsync status --cluster on master1" in out
     assert "exit code 0" in out
-    assert "cluster: converged (3 node(s) agree)" in out
-    assert "\n     healthy" in out
+    assert "cluster: converged" in out
+    assert "healthy" in [line.strip() for line in out.splitlines()]
     # 5. agents stopped, temp dir gone
     assert "5. Cleanup" in out
     assert re.search(r"stopped master1 \(exit code 0\), worker1 \(exit code 0\), "

@@ -149,3 +149,22 @@ def test_sigterm_stops_within_two_seconds_and_one_agent_per_state_dir(cluster: A
     assert time.monotonic() - started < 2.0
     assert not (a.state / "agent.sock").exists()
     os.kill(os.getpid(), 0)  # the harness itself is fine
+
+
+def test_watching_survives_the_folder_being_replaced(cluster: Any) -> None:
+    nodes = cluster("a", "b", extra=LIVE)
+    a, b = nodes["a"], nodes["b"]
+    for n in nodes.values():
+        n.start()
+    write(a.dags / "before.py", "x = 1\n")
+    wait_converged(nodes.values())
+    # A git-sync style swap: a new directory moved into place under the same path.
+    fresh = a.base / "dags.new"
+    fresh.mkdir()
+    write(fresh / "before.py", "x = 1\n")
+    os.utime(fresh / "before.py", ns=((a.dags / "before.py").stat().st_mtime_ns,) * 2)
+    os.rename(a.dags, a.base / "dags.old")
+    os.rename(fresh, a.dags)
+    time.sleep(3)  # the guard notices within a few seconds
+    write(a.dags / "after.py", "y = 2\n")
+    wait_until(lambda: (b.dags / "after.py").exists(), 10, "a change in the new directory")

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dagsync.clock import HybridClock, Order, VersionVector, hlc_pack
+from dagsync.clock import HybridClock, Order, VersionVector, hlc_ms, hlc_pack
 from dagsync.model import ActionKind, FileVersion, Kind
 from dagsync.reconcile import decide, resolve, wins
 
@@ -478,7 +478,10 @@ def test_archive_exactly_when_content_nobody_saw_is_overwritten(
         if local is not None and action.result is not None:
             overwritten = not local.deleted and not action.result.same_content(local)
             seen_by_author = (
-                not local.vv.empty and local.vv.compare(remote.vv) is Order.BEFORE
+                local.vv.compare(remote.vv) is Order.BEFORE
+                if not local.vv.empty
+                else local.vv != remote.vv  # an unversioned file vs a real version:
+                and local.mtime_ns // 1_000_000 <= hlc_ms(action.result.hlc)  # made after it
             )
             assert action.archive_local == (overwritten and not seen_by_author)
             if action.conflict:
@@ -554,3 +557,17 @@ async def test_an_edit_on_top_of_a_version_from_a_clock_a_day_ahead_is_stamped_a
         tmp_path, monkeypatch, remote_ms=NOW_MS + 25 * HOUR_MS, local_wall_ms=NOW_MS
     )
     assert edit.hlc > remote.hlc
+
+
+def test_an_unversioned_record_relayed_from_another_node_is_no_conflict() -> None:
+    """After a fresh start every node holds the adopting node's unversioned records; the
+    first real edit of such a file must not look like a conflict anywhere else."""
+    adopted = fv("a", {}, NOW_MS, "original")
+    stale = fv("m", {"m": 1}, NOW_MS - 5, "made before the file was last touched")
+    for node in ("a", "b"):
+        # An edit made after the file's mtime: its author could see it. No conflict.
+        edit = decide(adopted, fv("m", {"m": 1}, NOW_MS + 5, "edited"), self_node=node)
+        assert edit.kind is ActionKind.FETCH and not edit.archive_local and not edit.conflict
+    # A version older than the local file: on the node that found it, the file is kept.
+    assert decide(adopted, stale, self_node="a").archive_local
+    assert not decide(adopted, stale, self_node="b").archive_local

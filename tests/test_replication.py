@@ -202,16 +202,21 @@ def test_a_rebuilt_index_adopts_the_cluster_without_resurrecting_or_losing(
     b.stop()
     (a.dags / "deleted_meanwhile.py").unlink()
     write(a.dags / "edited_meanwhile.py", "e = 2\n")
-    time.sleep(1)  # let a record both
+    write(a.dags / "edited_on_both.py", "a's edit\n")
+    time.sleep(1)  # let a record them
     for leftover in b.state.glob("index.db*"):
         leftover.unlink()  # b's database is lost
     write(b.dags / "only_on_b.py", "b = 1\n")
+    write(b.dags / "edited_on_both.py", "b's later edit, made without an index\n")
     b.start()
     wait_converged([a, b], 20)
     assert not (b.dags / "deleted_meanwhile.py").exists()
     assert (b.dags / "edited_meanwhile.py").read_text() == "e = 2\n"
     assert (a.dags / "only_on_b.py").read_text() == "b = 1\n"
     assert (a.dags / "same.py").read_text() == "s = 1\n"
-    # What b held and the cluster overrode is kept in b's archive, never dropped.
-    archived = {p.name.split(".py")[0] for p in (b.state / "conflicts/dags").iterdir()}
-    assert {"deleted_meanwhile", "edited_meanwhile"} <= archived
+    # The cluster's versions win over what b found on disk. Stale copies (older than the
+    # cluster's change) just go; b's own later edit is kept in b's archive.
+    assert (b.dags / "edited_on_both.py").read_text() == "a's edit\n"
+    archived = {p.name.split(".py")[0]: p for p in (b.state / "conflicts/dags").iterdir()}
+    assert set(archived) == {"edited_on_both"}
+    assert archived["edited_on_both"].read_text() == "b's later edit, made without an index\n"

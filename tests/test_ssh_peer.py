@@ -5,8 +5,11 @@ sshd (tests/sshd.py); B lists A at its agent address as usual. A runs `dagsync s
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -170,9 +173,6 @@ def test_serve_stdio_unknown_peer_is_a_usage_error(cluster: Cluster, sshd: SshSe
     assert sync(a, sshd, "--strict").returncode == 1
 
 
-@pytest.mark.xfail(strict=False, reason="dagsync/oneshot.py _standalone_round drops the "
-                   "TransportError that carries ssh's last stderr line; the warning only says "
-                   "'connection ended before the round completed'")
 def test_warning_gives_the_reason_from_the_far_side(
         cluster: Cluster, sshd: SshServer, tmp_path: Path) -> None:
     a, b = ssh_pair(cluster, sshd, authorize=False)
@@ -190,9 +190,6 @@ def test_warning_gives_the_reason_from_the_far_side(
     assert "--peer zed: no such peer" in warnings(res)[0], explain(res, sshd)
 
 
-@pytest.mark.xfail(strict=False, reason="dagsync/transport.py _dial_openssh reads ssh's stderr "
-                   "only after stdout ends: a far side that logs more than the pipe and channel "
-                   "window hold (~2 MiB, e.g. a first scan of a big folder) stalls the round")
 def test_far_side_stderr_is_drained(cluster: Cluster, sshd: SshServer) -> None:
     a, b = ssh_pair(cluster, sshd, authorize=False)
     write(a.dags / "from_a.py", "x = 1\n")
@@ -204,3 +201,64 @@ def test_far_side_stderr_is_drained(cluster: Cluster, sshd: SshServer) -> None:
     assert res.returncode == 0, explain(res, sshd)
     assert "b: in sync" in res.stderr, explain(res, sshd)
     assert converged([a, b])
+
+
+def test_serve_waits_for_another_one_shot_on_the_same_node(
+        cluster: Cluster, sshd: SshServer) -> None:
+    a, b = ssh_pair(cluster, sshd)
+    seed(a, b)
+    # Another caller's `serve --stdio` is busy on B (no agent there): it holds B's lock.
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "dagsync", "serve", "--stdio", "--config", str(b.config),
+         "--peer", "a"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs: list[subprocess.Popen[str] | subprocess.Popen[bytes]] = [holder]
+    try:
+        lock = b.state / "agent.lock"
+        wait_until(lambda: lock.exists() and lock.read_text().strip() == str(holder.pid), 30,
+                   "the other serve to hold B's lock")
+        syncing = subprocess.Popen(
+            [sys.executable, "-m", "dagsync", "sync", "--config", str(a.config),
+             "--timeout", "60"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **sshd.env()})
+        procs.append(syncing)
+        wait_until(lambda: "Starting session" in sshd.log_text() or syncing.poll() is not None,
+                   60, "A's ssh session on B")
+        time.sleep(5)  # B's `serve --stdio` meets the busy lock meanwhile
+        assert holder.stdin is not None
+        holder.stdin.close()  # the other caller goes away; B's lock is free again
+        holder.wait(30)
+        _, err = syncing.communicate(timeout=120)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert syncing.returncode == 0, err
+    assert "b: in sync" in err, err
+    assert_both_ways(a, b, err)
+
+
+def test_crossed_one_shot_rounds_both_complete(cluster: Cluster, sshd: SshServer) -> None:
+    """Cron runs `dagsync sync` on every node at the same minute: A's round needs B's state
+    dir while B's own round holds it, and the other way round."""
+    a, b = ssh_pair(cluster, sshd)
+    b.peers = [{"name": "a", "address": sshd.address()}]
+    b.write_config()
+    sshd.authorize(b.public_key, dagsync_command(a.config, "b"))
+    seed(a, b)
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "dagsync", "sync", "--config", str(n.config), "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **sshd.env()}) for n in (a, b)]
+    try:
+        errs = [p.communicate(timeout=150)[1] for p in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert "b: in sync" in errs[0] and "a: in sync" in errs[1], errs
+    assert_both_ways(a, b, "\n".join(errs))
