@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dagsync import transport
+from dagsync import sdnotify, transport
 from dagsync.clock import hlc_ms
 from dagsync.config import Config, PeerConfig, load_config
 from dagsync.engine import BatchOutcome, FolderEngine
@@ -122,7 +122,7 @@ class Agent:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._request_stop, sig)
-            loop.add_signal_handler(signal.SIGHUP, self._reload)
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
             await self._start_observers()
             self._start_watchers()
             await node.scan_all()
@@ -145,7 +145,10 @@ class Agent:
             self._spawn(self._scan_loop())
             self._spawn(self._prune_loop())
             self.ready.set()
+            sdnotify.ready(self._status_line())
+            self._spawn(sdnotify.watchdog_loop(lambda: not self.stop.is_set()))
             await self.stop.wait()
+            sdnotify.stopping()
             log.info("agent %s stopping", node.name)
             for watcher in self.watchers.values():
                 watcher.stop()
@@ -277,6 +280,22 @@ class Agent:
                 if folder.root.is_dir():
                     self._watch(folder)
                     await folder.scan()
+
+    def _status_line(self) -> str:
+        return (f"serving {len(self.config.folders)} folder(s), "
+                f"{len(self.config.peers)} peer(s)")
+
+    def _on_sighup(self) -> None:
+        """SIGHUP, as sent by `systemctl reload`: systemd shows `reloading` until the new
+        config is in force or refused. Before the first READY=1 nothing is announced."""
+        if not self.ready.is_set():
+            self._reload()
+            return
+        sdnotify.reloading()
+        try:
+            self._reload()
+        finally:
+            sdnotify.ready(self._status_line())
 
     def _reload(self) -> None:
         """SIGHUP: re-read the config; peers are added or removed without a restart. An
