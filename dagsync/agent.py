@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dagsync import sdnotify, transport
+from dagsync import memory, sdnotify, transport
 from dagsync.clock import hlc_ms
 from dagsync.config import Config, PeerConfig, load_config
 from dagsync.engine import BatchOutcome, FolderEngine
@@ -106,6 +106,7 @@ class Agent:
 
     async def run(self) -> None:
         cfg = self.config
+        memory.limit_arenas()
         cfg.node.state_dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         try:
@@ -144,6 +145,7 @@ class Agent:
                 self._start_dialer(peer, node_key)
             self._spawn(self._scan_loop())
             self._spawn(self._prune_loop())
+            self._spawn(self._trim_when_idle())
             self.ready.set()
             sdnotify.ready(self._status_line())
             self._spawn(sdnotify.watchdog_loop(lambda: not self.stop.is_set()))
@@ -218,6 +220,22 @@ class Agent:
         from dagsync.metrics import healthz
 
         return healthz(await self.status(False))
+
+    async def _trim_when_idle(self) -> None:
+        """After a burst of work (initial sync, big rounds), give memory back once the
+        node has been quiet for a few seconds."""
+        node = self.node
+        assert node is not None
+        last = -1
+        while True:
+            await asyncio.sleep(5)
+            seqs = sum(f.max_seq for f in node.folders.values())
+            if seqs == last:
+                continue
+            await asyncio.sleep(2)
+            if sum(f.max_seq for f in node.folders.values()) == seqs:
+                memory.trim()
+                last = seqs
 
     async def _prune_loop(self) -> None:
         """Conflict archive retention, at start and hourly."""
@@ -345,6 +363,7 @@ class Agent:
                 await self.node.scan_all()
             except Exception:
                 log.exception("periodic scan failed")
+            memory.trim()
 
     # --- peers -----------------------------------------------------------------------
 

@@ -9,9 +9,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import xxhash
 
@@ -30,8 +31,19 @@ from dagsync.scanner import Observed, ScanResult, scan_folder, scan_paths
 
 log = logging.getLogger("dagsync.engine")
 
-Fetch = Callable[[FileVersion], Awaitable[bytes]]
-FETCH_CONCURRENCY = 32
+class Fetch(Protocol):
+    """Where remote content comes from: one connected peer."""
+
+    async def fetch(self, v: FileVersion) -> bytes: ...
+
+    async def fetch_many(self, vs: list[FileVersion]) -> list[bytes | BaseException]: ...
+
+
+FETCH_CONCURRENCY = 8  # requests in flight per round (a batch counts once)
+APPLY_CHUNK = 512  # files written and recorded per step; the next chunk is fetched meanwhile
+SMALL_FILE = 256 * 1024  # files up to this size travel in batches
+BATCH_FILES = 64
+BATCH_BYTES = 2 * 1024 * 1024
 MAX_AHEAD_MS = 24 * 3600 * 1000  # a peer clock further ahead than this is not followed
 
 
@@ -104,6 +116,7 @@ class FolderEngine:
         archive: ConflictArchive,
         clock: SharedClock,
         max_file_size: int,
+        temp_dir: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.id = cfg.id
@@ -113,8 +126,11 @@ class FolderEngine:
         self.archive = archive
         self.clock = clock
         self.max_file_size = max_file_size
+        self.private_temp = temp_dir
+        self.temp_dir: Path | None = None  # private temp dir, when on the folder's file system
         self.ignore = IgnoreMatcher(cfg.ignore)
         self.records: dict[str, Record] = {}
+        self._dirs: set[str] = set()  # every directory that holds a recorded path
         self.lock = asyncio.Lock()
         self.changed = asyncio.Condition()
         self.max_seq = 0
@@ -144,12 +160,15 @@ class FolderEngine:
 
         def load() -> None:
             self.records = self.index.load(self.id)
+            self._dirs = {d for path in self.records for d in _parents(path)}
             self.adopting = not self.records
             self.max_seq = self.index.max_seq(self.id)
             self.index_id = self.index.index_id(self.id)
             if self.root.is_dir():
                 for leftover in fsio.cleanup_temp_files(self.root):
                     log.info("folder %s: removed temp file left by a crash: %s", self.id, leftover)
+                if self.private_temp is not None and _same_device(self.private_temp, self.root):
+                    self.temp_dir = self.private_temp
 
         await asyncio.to_thread(load)
 
@@ -245,7 +264,7 @@ class FolderEngine:
             return 0
         new_versions = [i for i in items if self._is_new_version(i[0])]
         for rec in self.index.put(self.id, items):
-            self.records[rec.version.path] = rec
+            self._remember(rec)
             self.max_seq = max(self.max_seq, rec.seq)
         for v, _ in new_versions:
             log.info("folder %s: local %s %s", self.id, "delete" if v.deleted else "change", v.path)
@@ -283,6 +302,21 @@ class FolderEngine:
         )
         return version, obs.stat()
 
+    def _remember(self, rec: Record) -> None:
+        path = rec.version.path
+        if path not in self.records:
+            self._dirs.update(_parents(path))
+        self.records[path] = rec
+
+    def _records_under(self, paths: list[str]) -> list[str]:
+        """Recorded paths equal to one of `paths` or below one of them. Exact paths are
+        looked up; only paths that are directories on disk need a prefix walk."""
+        out = [p for p in paths if p in self.records]
+        dirs = tuple(q + "/" for q in paths if q in self._dirs)
+        if dirs:
+            out.extend(p for p in self.records if p.startswith(dirs))
+        return out
+
     def _unversioned(self, obs: Observed) -> FileVersion:
         return FileVersion(
             path=obs.path, kind=obs.kind, size=obs.size, mtime_ns=obs.mtime_ns, mode=obs.mode,
@@ -306,10 +340,7 @@ class FolderEngine:
         if limited_to is None:
             candidates: Iterable[str] = self.records
         else:
-            candidates = [
-                p for p in self.records
-                if any(p == q or p.startswith(q + "/") for q in limited_to)
-            ]
+            candidates = self._records_under(limited_to)
         if "" in result.unreadable_dirs:
             return []  # the folder itself could not be read: nothing is known to be gone
         if _is_empty_dir(self.root) and any(not r.version.deleted for r in self.records.values()):
@@ -463,7 +494,7 @@ class FolderEngine:
         for version, _ in done:
             self.clock.observe(version.hlc)  # later local edits must beat what we hold
         for rec in self.index.put(self.id, done):
-            self.records[rec.version.path] = rec
+            self._remember(rec)
             self.max_seq = max(self.max_seq, rec.seq)
             self.reverts.discard(rec.version.path)
             outcome.applied.append(rec.version.path)
@@ -523,11 +554,22 @@ class FolderEngine:
             return outcome
         if not planned:
             return outcome
-        contents = await self._fetch_all(planned, fetch, outcome)
-        async with self.lock:
-            changed = await asyncio.to_thread(self._apply_locked, planned, contents, outcome)
-        if changed:
-            await self._notify()
+        # Pipelined: the next chunk's content is fetched while this one is written.
+        chunks = [planned[i : i + APPLY_CHUNK] for i in range(0, len(planned), APPLY_CHUNK)]
+        loop = asyncio.get_running_loop()
+        fetching = loop.create_task(self._fetch_all(chunks[0], fetch, outcome))
+        try:
+            for i, chunk in enumerate(chunks):
+                contents = await fetching
+                if i + 1 < len(chunks):
+                    fetching = loop.create_task(self._fetch_all(chunks[i + 1], fetch, outcome))
+                async with self.lock:
+                    changed = await asyncio.to_thread(self._apply_locked, chunk, contents,
+                                                      outcome)
+                if changed:
+                    await self._notify()
+        finally:
+            fetching.cancel()
         self._report(outcome)
         return outcome
 
@@ -537,26 +579,50 @@ class FolderEngine:
         contents: dict[str, bytes] = {}
         sem = asyncio.Semaphore(FETCH_CONCURRENCY)
 
-        async def one(v: FileVersion) -> None:
-            async with sem:
-                try:
-                    data = await fetch(v)
-                except Exception as exc:  # a failed fetch is a per-file result
-                    outcome.failed.append((v.path, f"fetch failed: {exc}"))
-                    return
-            if len(data) != v.size or content_hash(data) != v.hash:
+        def verified(v: FileVersion, data: bytes | BaseException) -> None:
+            if isinstance(data, BaseException):
+                outcome.failed.append((v.path, f"fetch failed: {data}"))
+            elif len(data) != v.size or content_hash(data) != v.hash:
                 outcome.failed.append((v.path, "content does not match its announced hash"))
                 log.warning("folder %s: %s: received content does not match its hash; "
                             "not applied", self.id, v.path)
-                return
-            contents[v.path] = data
+            else:
+                contents[v.path] = data
+
+        async def one(v: FileVersion) -> None:
+            async with sem:
+                try:
+                    verified(v, await fetch.fetch(v))
+                except Exception as exc:  # a failed fetch is a per-file result
+                    verified(v, exc)
+
+        async def many(vs: list[FileVersion]) -> None:
+            async with sem:
+                try:
+                    results = await fetch.fetch_many(vs)
+                except Exception as exc:
+                    results = [exc] * len(vs)
+            for v, data in zip(vs, results, strict=True):
+                verified(v, data)
 
         wanted = [
             p.action.result for p in planned
             if p.action.kind is ActionKind.FETCH and p.action.result is not None
             and p.action.result.kind is Kind.FILE
         ]
-        await asyncio.gather(*(one(v) for v in wanted))
+        small = [v for v in wanted if v.size <= SMALL_FILE]
+        jobs = [one(v) for v in wanted if v.size > SMALL_FILE]
+        batch: list[FileVersion] = []
+        batch_bytes = 0
+        for v in small:
+            if batch and (len(batch) >= BATCH_FILES or batch_bytes + v.size > BATCH_BYTES):
+                jobs.append(many(batch))
+                batch, batch_bytes = [], 0
+            batch.append(v)
+            batch_bytes += v.size
+        if batch:
+            jobs.append(many(batch))
+        await asyncio.gather(*jobs)
         return contents
 
     def _apply_locked(
@@ -630,7 +696,7 @@ class FolderEngine:
         if data is None or content_hash(data) != result.hash:
             raise OSError(0, "content not available (changed during the round)")
         staged.append((fsio.stage_file(self.root, result.path, data, result.mode,
-                                       result.mtime_ns), result))
+                                       result.mtime_ns, self.temp_dir), result))
         return None
 
     def _archive(self, loser: FileVersion, winner: FileVersion) -> None:
@@ -657,6 +723,18 @@ class FolderEngine:
         if v is None or v.deleted or v.hash != want_hash or v.kind is not Kind.FILE:
             return None
         return fsio.read_range(self.root, path, offset, size)
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_dev == b.stat().st_dev
+    except OSError:
+        return False
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _is_empty_dir(path: Path) -> bool:

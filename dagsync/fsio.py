@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,7 @@ class StagedWrite:
     final_path: Path
     mode: int
     mtime_ns: int
+    in_temp_dir: bool = False  # written in a private temp dir, not beside the final path
 
 
 class CommitError(OSError):
@@ -189,24 +190,36 @@ def _fsync_at(dir_fd: int, name: str) -> None:
 # --- writes --------------------------------------------------------------------------
 
 
-def stage_file(root: Path, relpath: str, data: bytes, mode: int, mtime_ns: int) -> StagedWrite:
-    """Write `data` to a temp file beside `relpath` with its final mode and mtime.
+def stage_file(
+    root: Path, relpath: str, data: bytes, mode: int, mtime_ns: int,
+    temp_dir: Path | None = None,
+) -> StagedWrite:
+    """Write `data` to a temp file with its final mode and mtime.
 
-    Missing parent directories are created (0o755, confined). Nothing is fsynced here:
-    commit() makes a whole batch durable at once. On any failure the temp is removed.
+    The temp file goes in `temp_dir` when given (a private directory on the same file
+    system, so the synced folder sees one rename and no temp-file churn), else beside
+    `relpath`. Missing parent directories are created (0o755, confined). Nothing is
+    fsynced here: commit() makes a whole batch durable at once. On any failure the temp
+    is removed.
     """
     name = _basename(relpath)
     tmp = paths.temp_name(name, secrets.token_hex(8))
-    with _parent(root, relpath, create=True) as pfd:
-        st = _lstat_at(pfd, name)
+    with _parent(root, relpath, create=True) as folder_pfd:
+        st = _lstat_at(folder_pfd, name)
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "is a directory", str(root / relpath))
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=pfd,
-        )
+        pfd = os.open(temp_dir, _DIR_FLAGS) if temp_dir is not None else folder_pfd
+        try:
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=pfd,
+            )
+        except BaseException:
+            if pfd != folder_pfd:
+                os.close(pfd)
+            raise
         try:
             try:
                 _write_all(fd, data)
@@ -217,8 +230,12 @@ def stage_file(root: Path, relpath: str, data: bytes, mode: int, mtime_ns: int) 
         except BaseException:
             _unlink_quietly(pfd, tmp)
             raise
-    parent = (root / relpath).parent
-    return StagedWrite(root, relpath, parent / tmp, root / relpath, mode, mtime_ns)
+        finally:
+            if pfd != folder_pfd:
+                os.close(pfd)
+    parent = temp_dir if temp_dir is not None else (root / relpath).parent
+    return StagedWrite(root, relpath, parent / tmp, root / relpath, mode, mtime_ns,
+                       in_temp_dir=temp_dir is not None)
 
 
 def commit(staged: Sequence[StagedWrite]) -> None:
@@ -259,36 +276,57 @@ def commit(staged: Sequence[StagedWrite]) -> None:
                 device_fd[dev] = fd
             ready.append(group)
         synced = {dev for dev, fd in device_fd.items() if _syncfs(fd)}
+        _rename_all(ready, synced, failed, fail)
+        # 3. the renames themselves: one more syncfs instead of an fsync per directory
+        for dev in synced:
+            _syncfs(device_fd[dev])
     finally:
         for fd in device_fd.values():
             os.close(fd)
+    if failed:
+        raise CommitError(failed)
 
-    # 2. visibility, directory by directory, each directory fsynced once
+
+def _rename_all(
+    ready: list[list[StagedWrite]],
+    synced: set[int],
+    failed: dict[str, Exception],
+    fail: Callable[[list[StagedWrite], Exception], None],
+) -> None:
+    """Step 2 of commit: visibility, directory by directory. Directories on a file system
+    without syncfs are fsynced once each here."""
     for group in ready:
         try:
             with _parent(group[0].root, group[0].relpath, create=False) as pfd:
                 need_fsync = os.fstat(pfd).st_dev not in synced
                 renamed = False
                 for s in group:
+                    src_fd = os.open(s.temp_path.parent, _DIR_FLAGS) if s.in_temp_dir else pfd
                     try:
                         if need_fsync:
-                            _fsync_at(pfd, s.temp_path.name)
+                            _fsync_at(src_fd, s.temp_path.name)
                         os.replace(
-                            s.temp_path.name, _basename(s.relpath), src_dir_fd=pfd, dst_dir_fd=pfd
+                            s.temp_path.name, _basename(s.relpath), src_dir_fd=src_fd,
+                            dst_dir_fd=pfd,
                         )
                         renamed = True
                     except OSError as e:
                         failed[s.relpath] = e
-                        _unlink_quietly(pfd, s.temp_path.name)
-                if renamed:
+                        _unlink_quietly(src_fd, s.temp_path.name)
+                    finally:
+                        if src_fd != pfd:
+                            os.close(src_fd)
+                if renamed and need_fsync:
                     _fsync_dir_at(pfd)
         except (OSError, PathRefused) as e:
             fail([s for s in group if s.relpath not in failed], e)
-    if failed:
-        raise CommitError(failed)
 
 
 def _abort_one(s: StagedWrite) -> None:
+    if s.in_temp_dir:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(s.temp_path)
+        return
     try:
         with _parent(s.root, s.relpath, create=False) as pfd:
             _unlink_quietly(pfd, s.temp_path.name)

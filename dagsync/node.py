@@ -16,7 +16,7 @@ from dagsync import __version__
 from dagsync.archive import ConflictArchive
 from dagsync.config import Config
 from dagsync.engine import BatchOutcome, FolderEngine, SharedClock
-from dagsync.fsio import ensure_dir
+from dagsync.fsio import cleanup_temp_files, ensure_dir
 from dagsync.index import Index
 from dagsync.protocol import FolderOffer
 from dagsync.transport import parse_public_key
@@ -69,9 +69,13 @@ class Node:
         self.archive = ConflictArchive(state_dir)
         hlc = self.index.get_meta("hlc")
         self.clock = SharedClock(int(hlc) if hlc else 0)
+        temp_dir = state_dir / "tmp"
+        ensure_dir(temp_dir)
+        for leftover in cleanup_temp_files(temp_dir):
+            log.info("removed temp file left by a crash: %s", leftover)
         self.folders: dict[str, FolderEngine] = {
             f.id: FolderEngine(f, self.name, self.index, self.archive, self.clock,
-                               config.max_file_size)
+                               config.max_file_size, temp_dir)
             for f in config.folders
         }
         self.connections: dict[str, PeerConnection] = {}

@@ -60,6 +60,8 @@ class FolderLink:
     wake_sender: asyncio.Event = field(default_factory=asyncio.Event)
     would: list[tuple[str, str]] = field(default_factory=list)
     remote: dict[str, FileVersion] = field(default_factory=dict)  # dry run: their records
+    # Versions this peer sent us on this connection: never worth sending back to it.
+    echo: dict[str, FileVersion] = field(default_factory=dict)
 
 
 class PeerConnection:
@@ -82,7 +84,7 @@ class PeerConnection:
         self.session = p.Session()
         self.peer_name = expected_name or "?"
         self.links: dict[str, FolderLink] = {}
-        self.pending: dict[int, asyncio.Future[p.Response]] = {}
+        self.pending: dict[int, asyncio.Future[p.Response | p.BatchResponse]] = {}
         self.digest_waiters: dict[int, asyncio.Future[p.DigestReply]] = {}
         self._ids = itertools.count(1)
         self._serve_sem = asyncio.Semaphore(SERVE_CONCURRENCY)
@@ -231,7 +233,9 @@ class PeerConnection:
             link.inbox.put_nowait(msg)
         elif isinstance(msg, p.Request):
             asyncio.get_running_loop().create_task(self._serve(msg))
-        elif isinstance(msg, p.Response):
+        elif isinstance(msg, p.BatchRequest):
+            asyncio.get_running_loop().create_task(self._serve_batch(msg))
+        elif isinstance(msg, p.Response | p.BatchResponse):
             fut = self.pending.pop(msg.id, None)
             if fut is None:
                 raise ProtocolError(f"response to unknown request {msg.id}")
@@ -303,6 +307,40 @@ class PeerConnection:
             with contextlib.suppress(OSError, ProtocolError, TransportError):
                 await self._send_drained(p.Response(req.id, status, data))
 
+    async def _serve_batch(self, req: p.BatchRequest) -> None:
+        async with self._serve_sem:
+            folder = self.node.folders.get(req.folder)
+            if folder is None or req.folder not in self.links:
+                items = tuple((p.Status.REFUSED, b"") for _ in req.items)
+            else:
+                items = tuple(await asyncio.to_thread(self._read_batch, folder, req.items))
+            with contextlib.suppress(OSError, ProtocolError, TransportError, ValueError):
+                await self._send_drained(p.BatchResponse(req.id, items))
+
+    def _read_batch(
+        self, folder: FolderEngine, items: tuple[tuple[str, str], ...]
+    ) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        budget = p.BLOCK_SIZE
+        for path, want in items:
+            status, data = p.Status.OK, b""
+            try:
+                got = folder.read_for_peer(path, want, 0, budget)
+                if got is None:
+                    status = p.Status.CHANGED
+                elif len(got) >= budget:
+                    status = p.Status.REFUSED  # over the batch budget: ask for it alone
+                else:
+                    data = got
+            except FileNotFoundError:
+                status = p.Status.NO_SUCH_FILE
+            except (OSError, DagsyncError) as exc:
+                log.warning("peer %s asked for %s/%s: %s", self.peer_name, folder.id, path, exc)
+                status = p.Status.ERROR
+            budget -= len(data)
+            out.append((status, data))
+        return out
+
     async def _sender(self, link: FolderLink) -> None:
         """Send our index from where the peer is, then every new record as it lands."""
         folder = link.folder
@@ -317,7 +355,8 @@ class PeerConnection:
                 last = records[-1].seq
                 await self._send_drained(p.Index(
                     folder=folder.id, index_id=folder.index_id,
-                    entries=tuple(r.version for r in records if folder.publishes(r.version)),
+                    entries=tuple(r.version for r in records
+                                  if folder.publishes(r.version) and not _echo(link, r.version)),
                     last_seq=last, caught_up=last >= folder.max_seq,
                 ))
                 if link.sent_seq == start:  # else a Resend moved it back meanwhile
@@ -354,6 +393,7 @@ class PeerConnection:
                 link.caught_up = msg.caught_up
                 continue
             if msg.entries:
+                link.echo.update((e.path, e) for e in msg.entries)
                 outcome = await folder.apply_batch(msg.entries, fetch)
                 self.node.note_outcome(self, folder.id, outcome)
                 if not outcome.complete:
@@ -394,10 +434,23 @@ class PeerConnection:
         await self._send_drained(p.Resend(link.folder.id, link.processed_seq))
 
     def fetcher(self, folder_id: str) -> Fetch:
-        async def fetch(v: FileVersion) -> bytes:
-            return await self.fetch(folder_id, v)
+        return _PeerSource(self, folder_id)
 
-        return fetch
+    async def fetch_many(
+        self, folder_id: str, vs: list[FileVersion]
+    ) -> list[bytes | BaseException]:
+        """Whole small files in one round trip; a per-file FetchFailed where one failed."""
+        resp = await self._round_trip(p.BatchRequest(
+            id=next(self._ids) % 2**32, folder=folder_id,
+            items=tuple((v.path, v.hash) for v in vs),
+        ))
+        if not isinstance(resp, p.BatchResponse) or len(resp.items) != len(vs):
+            raise FetchFailed("malformed batch response")
+        return [
+            data if status == p.Status.OK
+            else FetchFailed(_STATUS_TEXT.get(status, f"status {status}"))
+            for status, data in resp.items
+        ]
 
     async def fetch(self, folder_id: str, v: FileVersion) -> bytes:
         """The whole content of a version, in blocks; FetchFailed with the reason."""
@@ -420,7 +473,17 @@ class PeerConnection:
         return b"".join(chunks)
 
     async def _request(self, req: p.Request) -> p.Response:
-        fut: asyncio.Future[p.Response] = asyncio.get_running_loop().create_future()
+        resp = await self._round_trip(req)
+        if not isinstance(resp, p.Response):
+            raise FetchFailed("malformed response")
+        return resp
+
+    async def _round_trip(
+        self, req: p.Request | p.BatchRequest
+    ) -> p.Response | p.BatchResponse:
+        fut: asyncio.Future[p.Response | p.BatchResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
         self.pending[req.id] = fut
         try:
             await self._send_drained(req)
@@ -469,6 +532,29 @@ class PeerConnection:
     async def _call_when_closed(self, callback: Callable[[], None]) -> None:
         await self.closed.wait()
         callback()
+
+
+class _PeerSource:
+    """One folder's content as served by this connection's peer (engine.Fetch)."""
+
+    def __init__(self, conn: PeerConnection, folder_id: str) -> None:
+        self.conn = conn
+        self.folder_id = folder_id
+
+    async def fetch(self, v: FileVersion) -> bytes:
+        return await self.conn.fetch(self.folder_id, v)
+
+    async def fetch_many(self, vs: list[FileVersion]) -> list[bytes | BaseException]:
+        return await self.conn.fetch_many(self.folder_id, vs)
+
+
+def _echo(link: FolderLink, v: FileVersion) -> bool:
+    """True when `v` is exactly what this peer sent us (it has it already)."""
+    sent = link.echo.get(v.path)
+    if sent is None:
+        return False
+    del link.echo[v.path]
+    return sent == v
 
 
 def inbox_empty(link: FolderLink) -> bool:

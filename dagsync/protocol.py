@@ -23,9 +23,12 @@ MAX_JSON = 4 * 1024 * 1024  # largest control message
 BLOCK_SIZE = 4 * 1024 * 1024  # largest content slice one Request may ask for
 MAX_INDEX_ENTRIES = 2000  # entries per Index message
 MAX_NAME = 255
+MAX_BATCH_FILES = 256  # files per BatchRequest
 
 _HEADER = struct.Struct(">IB")
 _RESPONSE_HEAD = struct.Struct(">IB")
+_BATCH_HEAD = struct.Struct(">II")
+_BATCH_ITEM = struct.Struct(">BI")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,24 @@ class Response:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchRequest:
+    """Whole small files in one round trip: (path, hash) pairs, at most MAX_BATCH_FILES
+    files and BLOCK_SIZE bytes in all."""
+
+    id: int
+    folder: str
+    items: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResponse:
+    """One (status, data) per requested item, in order."""
+
+    id: int
+    items: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
     """The receiver has processed the sender's index up to `seq`."""
 
@@ -135,13 +156,13 @@ class Close:
 
 Message = (
     Hello | Index | Request | Response | Ack | Resend | Ping | Pong | DigestRequest | DigestReply
-    | Close
+    | Close | BatchRequest | BatchResponse
 )
 
 # Type codes are part of the wire format: never renumber.
 _CODES: dict[type, int] = {
     Hello: 1, Index: 2, Request: 3, Response: 4, Ack: 5, Resend: 6, Ping: 7, Pong: 8,
-    DigestRequest: 9, DigestReply: 10, Close: 11,
+    DigestRequest: 9, DigestReply: 10, Close: 11, BatchRequest: 12, BatchResponse: 13,
 }
 _TYPES = {code: cls for cls, code in _CODES.items()}
 
@@ -182,6 +203,8 @@ def _encode_json(msg: Message) -> dict[str, Any]:
         }
     if isinstance(msg, Ack):
         return {"folder": msg.folder, "index_id": msg.index_id, "seq": msg.seq}
+    if isinstance(msg, BatchRequest):
+        return {"id": msg.id, "folder": msg.folder, "items": [list(i) for i in msg.items]}
     if isinstance(msg, Resend):
         return {"folder": msg.folder, "from_seq": msg.from_seq}
     if isinstance(msg, DigestRequest):
@@ -237,6 +260,16 @@ def _decode_json(cls: type, d: dict[str, Any]) -> Message:
         )
     if cls is Ack:
         return Ack(folder=_str(d, "folder"), index_id=_int(d, "index_id"), seq=_int(d, "seq"))
+    if cls is BatchRequest:
+        raw = d.get("items")
+        if not isinstance(raw, list) or not 0 < len(raw) <= MAX_BATCH_FILES or not all(
+            isinstance(i, list) and len(i) == 2 and isinstance(i[0], str)
+            and isinstance(i[1], str) and len(i[0]) <= 4096 and len(i[1]) <= 64 for i in raw
+        ):
+            raise ProtocolError(f"batch request: items must be 1..{MAX_BATCH_FILES} "
+                                "[path, hash] pairs")
+        return BatchRequest(id=_int(d, "id", 0, 2**32 - 1), folder=_str(d, "folder"),
+                            items=tuple((i[0], i[1]) for i in raw))
     if cls is Resend:
         return Resend(folder=_str(d, "folder"), from_seq=_int(d, "from_seq"))
     if cls is DigestRequest:
@@ -271,6 +304,10 @@ def encode(msg: Message) -> bytes:
     code = _CODES[type(msg)]
     if isinstance(msg, Response):
         body = _RESPONSE_HEAD.pack(msg.id, msg.status) + msg.data
+    elif isinstance(msg, BatchResponse):
+        head = struct.pack(">II", msg.id, len(msg.items)) + b"".join(
+            _BATCH_ITEM.pack(status, len(data)) for status, data in msg.items)
+        body = head + b"".join(data for _, data in msg.items)
     else:
         body = json.dumps(_encode_json(msg), separators=(",", ":")).encode()
         if len(body) > MAX_JSON:
@@ -278,6 +315,26 @@ def encode(msg: Message) -> bytes:
     if len(body) + 1 > MAX_FRAME:
         raise ValueError(f"frame too large ({len(body)} bytes)")
     return _HEADER.pack(len(body) + 1, code) + body
+
+
+def _decode_batch_response(body: bytes) -> BatchResponse:
+    if len(body) < _BATCH_HEAD.size:
+        raise ProtocolError("batch response too short")
+    req_id, count = _BATCH_HEAD.unpack_from(body)
+    data_at = _BATCH_HEAD.size + count * _BATCH_ITEM.size
+    if count > MAX_BATCH_FILES or data_at > len(body):
+        raise ProtocolError("batch response: bad item count")
+    items = []
+    offset = data_at
+    for i in range(count):
+        status, length = _BATCH_ITEM.unpack_from(body, _BATCH_HEAD.size + i * _BATCH_ITEM.size)
+        if offset + length > len(body):
+            raise ProtocolError("batch response: item overruns the frame")
+        items.append((status, bytes(body[offset : offset + length])))
+        offset += length
+    if offset != len(body):
+        raise ProtocolError("batch response: trailing bytes")
+    return BatchResponse(id=req_id, items=tuple(items))
 
 
 def decode_body(code: int, body: bytes) -> Message:
@@ -290,6 +347,8 @@ def decode_body(code: int, body: bytes) -> Message:
             raise ProtocolError("response frame too short")
         req_id, status = _RESPONSE_HEAD.unpack_from(body)
         return Response(id=req_id, status=status, data=bytes(body[_RESPONSE_HEAD.size :]))
+    if cls is BatchResponse:
+        return _decode_batch_response(body)
     if len(body) > MAX_JSON:
         raise ProtocolError(f"control message of {len(body)} bytes exceeds {MAX_JSON}")
     try:

@@ -28,6 +28,12 @@ KEEPALIVE_COUNT_MAX = 3
 LOGIN_TIMEOUT = 10.0
 MAX_UNAUTHENTICATED = 32
 SUBSYSTEM_COMMAND = "dagsync"
+# AES-GCM costs one C call per packet; asyncssh's chacha20-poly1305 builds ciphers in
+# Python for every packet. Big windows and packets keep a bulk transfer flowing.
+ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+                   "chacha20-poly1305@openssh.com"]
+WINDOW = 16 * 1024 * 1024
+MAX_PKTSIZE = 256 * 1024
 
 
 class Stream:
@@ -203,6 +209,9 @@ async def serve(
             keepalive_interval=KEEPALIVE_INTERVAL,
             keepalive_count_max=KEEPALIVE_COUNT_MAX,
             reuse_address=True,
+            encryption_algs=ENCRYPTION_ALGS,
+            window=WINDOW,
+            max_pktsize=MAX_PKTSIZE,
         )
     except OSError as exc:
         raise DagsyncError(f"node.listen {host}:{port}: cannot listen: {exc.strerror}") from None
@@ -236,6 +245,9 @@ async def _dial_direct(peer: PeerConfig, my_name: str, node_key: asyncssh.SSHKey
                 keepalive_interval=KEEPALIVE_INTERVAL,
                 keepalive_count_max=KEEPALIVE_COUNT_MAX,
                 server_host_key_algs=["ssh-ed25519"],
+                encryption_algs=ENCRYPTION_ALGS,
+                window=WINDOW,
+                max_pktsize=MAX_PKTSIZE,
             ),
             CONNECT_TIMEOUT,
         )

@@ -80,7 +80,11 @@ def test_abort_removes_temps_and_tolerates_missing_ones(root: Path) -> None:
     assert not any(s.final_path.exists() for s in staged)
 
 
-def test_commit_syncs_once_per_file_system(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commit_syncs_twice_per_file_system_whatever_the_batch(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once so the content is durable before any rename, once so the renames are: never
+    a flush per file or per directory."""
     calls: list[int] = []
     real = fsio._syncfs
 
@@ -91,7 +95,7 @@ def test_commit_syncs_once_per_file_system(root: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(fsio, "_syncfs", counting)
     staged = [fsio.stage_file(root, f"d{i % 3}/{i}.py", b"x", 0o644, MTIME) for i in range(9)]
     fsio.commit(staged)
-    assert len(calls) == 1
+    assert len(calls) == 2
     assert all(s.final_path.read_bytes() == b"x" for s in staged)
 
 
@@ -375,3 +379,20 @@ def test_ensure_dir_creates_and_rejects_files(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(FileExistsError):
         fsio.ensure_dir(tmp_path / "file")
+
+
+def test_staging_in_a_private_temp_dir_leaves_nothing_in_the_folder(
+    root: Path, tmp_path: Path
+) -> None:
+    private = tmp_path / "private-tmp"
+    private.mkdir()
+    s = fsio.stage_file(root, "sub/new.py", b"whole", 0o640, MTIME, private)
+    assert temps_below(root) == []  # the folder never sees the temp file
+    assert not (root / "sub/new.py").exists()
+    fsio.commit([s])
+    assert (root / "sub/new.py").read_bytes() == b"whole"
+    assert os.stat(root / "sub/new.py").st_mode & 0o777 == 0o640
+    assert list(private.iterdir()) == []
+    aborted = fsio.stage_file(root, "other.py", b"x", 0o644, MTIME, private)
+    fsio.abort([aborted])
+    assert list(private.iterdir()) == [] and not (root / "other.py").exists()

@@ -323,7 +323,7 @@ def test_control_message_over_max_json_is_refused() -> None:
         s.receive_data(frame(11, body))
 
 
-@pytest.mark.parametrize("code", [0, 12, 99, 255])
+@pytest.mark.parametrize("code", [0, 14, 99, 255])
 def test_unknown_type_code_is_refused(code: int) -> None:
     s = greeted()
     with pytest.raises(ProtocolError, match="unknown message type"):
@@ -560,3 +560,24 @@ def test_corrupted_valid_frames_raise_only_protocol_error(data: st.DataObject) -
         i = data.draw(st.integers(0, len(wire) - 1))
         wire[i] = data.draw(st.integers(0, 255))
     _feed_expecting_only_protocol_errors(greeted(), bytes(wire))
+
+
+def test_batch_request_and_response_round_trip_and_reject_malformed_bodies() -> None:
+    req = p.BatchRequest(7, "dags", (("a.py", "h1"), ("b/c.py", "h2")))
+    s = greeted()
+    assert s.receive_data(p.encode(req)) == [req]
+    resp = p.BatchResponse(7, ((p.Status.OK, b"abc"), (p.Status.CHANGED, b""), (0, b"\x00")))
+    assert greeted().receive_data(p.encode(resp)) == [resp]
+    for bad in (
+        b"",  # too short
+        struct.pack(">II", 1, 2) + struct.pack(">BI", 0, 1),  # item table cut off
+        struct.pack(">II", 1, 1) + struct.pack(">BI", 0, 5) + b"abc",  # item overruns
+        struct.pack(">II", 1, 1) + struct.pack(">BI", 0, 1) + b"ab",  # trailing bytes
+        struct.pack(">II", 1, 10_000),  # too many items
+    ):
+        with pytest.raises(ProtocolError):
+            greeted().receive_data(frame(13, bad))
+    for items in ([], [["a.py"]], [["a.py", 3]], [["a.py", "h"]] * 257):
+        body = json.dumps({"id": 1, "folder": "dags", "items": items}).encode()
+        with pytest.raises(ProtocolError):
+            greeted().receive_data(frame(12, body))
