@@ -159,7 +159,7 @@ class FolderEngine:
         self._loop = asyncio.get_running_loop()
 
         def load() -> None:
-            self.records = self.index.load(self.id)
+            self.records = {p: _with_mode(r) for p, r in self.index.load(self.id).items()}
             self._dirs = {d for path in self.records for d in _parents(path)}
             self.adopting = not self.records
             self.max_seq = self.index.max_seq(self.id)
@@ -173,13 +173,12 @@ class FolderEngine:
         await asyncio.to_thread(load)
 
     def known_stat(self, path: str) -> LocalStat | None:
-        """What the scanner compares; the mode comes from the version so that a chmod
-        alone is a change too."""
+        """What the scanner compares (its mode is the version's: a chmod alone is a
+        change too; see _with_mode)."""
         rec = self.records.get(path)
-        if rec is None or rec.version.deleted or rec.stat is None:
+        if rec is None or rec.version.deleted:
             return None
-        s = rec.stat
-        return LocalStat(s.size, s.mtime_ns, s.inode, rec.version.mode)
+        return rec.stat
 
     def version(self, path: str) -> FileVersion | None:
         rec = self.records.get(path)
@@ -306,7 +305,7 @@ class FolderEngine:
         path = rec.version.path
         if path not in self.records:
             self._dirs.update(_parents(path))
-        self.records[path] = rec
+        self.records[path] = _with_mode(rec)
 
     def _records_under(self, paths: list[str]) -> list[str]:
         """Recorded paths equal to one of `paths` or below one of them. Exact paths are
@@ -723,6 +722,14 @@ class FolderEngine:
         if v is None or v.deleted or v.hash != want_hash or v.kind is not Kind.FILE:
             return None
         return fsio.read_range(self.root, path, offset, size)
+
+
+def _with_mode(rec: Record) -> Record:
+    """The record with the version's mode bits in its stat, for known_stat."""
+    s = rec.stat
+    if s is None or s.mode == rec.version.mode:
+        return rec
+    return replace(rec, stat=LocalStat(s.size, s.mtime_ns, s.inode, rec.version.mode))
 
 
 def _same_device(a: Path, b: Path) -> bool:

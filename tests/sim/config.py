@@ -12,45 +12,48 @@ from dataclasses import dataclass, field
 
 TOPOLOGIES = ("mesh", "line", "star", "hubs", "random")
 
-PATHS = (
+# A few hot files most edits go to (so conflicts happen), and colder ones whose last
+# version must still arrive everywhere (so a lost announcement is not hidden by a newer one).
+HOT_PATHS = (
     "dags/etl.py",
     "dags/report.py",
     "dags/sub/clean.py",
     "dags/sub/load.py",
     "plugins/hooks.py",
 )
+PATHS = HOT_PATHS + tuple(f"dags/generated/dag_{i:02d}.py" for i in range(15))
 
 
 @dataclass(frozen=True)
 class Rules:
     """Engine policies the simulation mirrors (defaults: dagsync as it is).
 
-    hlc_restore: where a restarted node's HLC starts. "meta" is node.py today (the value
-        saved at the last clean close, so a kill -9 forgets everything since); "index"
-        also moves it above every HLC in the index (proposed patch).
-    hlc_floor: a new local version's HLC is made strictly greater than the HLC of the
-        version it replaces (proposed patch in engine._observed_version / _vanished).
-    vv_unique: a node's counter in a new version's vector is made greater than any counter
-        that node ever used for that path (proposed patch: no counter reuse after a node's
-        edit lost a conflict).
-    progress_fence: the puller advances its persisted progress only over batches that
-        follow it without a gap (proposed patch in peer._puller / _retry_later).
+    hlc_restore: where a restarted node's HLC starts. "meta" is node.py today: the value
+        saved at the last clean close, so a kill -9 forgets every tick since. "durable"
+        is a proposed patch: the HLC is saved in every index transaction.
+    vv_floor: the floor of a node's own counter when it bumps a vector. "wall-s" is the
+        engine today (`bump(node, floor=int(time.time()))`): two edits by one node in the
+        same second, or after its clock stepped back, can reuse a counter. "hlc" is the
+        proposed patch: floor at the new version's HLC, which (with the shared clock
+        moved past the replaced version and saved durably) never repeats on a node.
+    progress_fence: the puller advances its persisted progress only with a batch that
+        starts at or below it (proposed patch in peer._puller; Index carries its start).
     """
 
     hlc_restore: str = "meta"
-    hlc_floor: bool = False
-    vv_unique: bool = False
+    vv_floor: str = "wall-s"
     progress_fence: bool = False
 
     @classmethod
     def patched(cls) -> Rules:
-        return cls(hlc_restore="index", hlc_floor=True, vv_unique=True, progress_fence=True)
+        return cls(hlc_restore="durable", vv_floor="hlc", progress_fence=True)
 
     def label(self) -> str:
         on = [
             name for name, val in (
-                ("hlc_restore", self.hlc_restore != "meta"), ("hlc_floor", self.hlc_floor),
-                ("vv_unique", self.vv_unique), ("progress_fence", self.progress_fence),
+                ("durable-hlc", self.hlc_restore != "meta"), ("vv-floor-hlc",
+                                                             self.vv_floor != "wall-s"),
+                ("progress-fence", self.progress_fence),
             ) if val
         ]
         return "+".join(on) or "as-is"
@@ -87,6 +90,7 @@ class SimConfig:
     steps: int = 120
     topology: str = "mesh"
     paths: tuple[str, ...] = PATHS
+    hot_paths: int = len(HOT_PATHS)  # the first ones; 70 % of writes go to them
     contents: int = 6  # distinct file bodies: small, so equal content on two nodes happens
     batch_limit: int = 3  # entries per Index message (real: 2000); small to exercise batching
     step_ms: tuple[int, int] = (0, 120)  # simulated time between workload steps

@@ -2,20 +2,26 @@
 
 Every message goes through a real `protocol.Session` on each side (Hello first, framing,
 ordering). The sender (peer._sender) announces the index from the peer's persisted
-progress; the puller (peer._puller) applies batches one at a time, fetches content from
-this peer only, verifies it, and persists progress only after a complete batch; a failed
-batch is retried with a Resend from the persisted progress (peer._retry_later).
+progress, leaving out what this peer itself sent us (peer._echo); the puller
+(peer._puller) applies batches one at a time, fetches content from this peer only (small
+files several to a BatchRequest, as engine._fetch_all does), verifies it, and persists
+progress only after a complete batch; a failed batch is retried with a Resend from the
+persisted progress (peer._retry_later).
+
+The sender runs to completion when woken; the real one awaits between reading the index
+and the end of the send, and keeps a Resend that arrives meanwhile (`if link.sent_seq ==
+start`), which is what running to completion does too.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dagsync import protocol as p
-from dagsync.engine import content_hash
+from dagsync.engine import BATCH_BYTES, BATCH_FILES, SMALL_FILE, content_hash
+from dagsync.errors import ProtocolError
 from dagsync.model import ActionKind, FileVersion, Kind
 from dagsync.peer import RETRY_DELAYS
 from tests.sim.world import Outcome, Planned, SimNode
@@ -55,7 +61,8 @@ class Endpoint:
         self.inbox: deque[p.Index] = deque()
         self.inbox_starts: deque[int] = deque()
         self.busy: Batch | None = None
-        self.pending: dict[int, tuple[Batch, FileVersion]] = {}
+        self.pending: dict[int, tuple[Batch, list[FileVersion]]] = {}
+        self.echo: dict[str, FileVersion] = {}  # what this peer sent us on this connection
         self._ids = 0
         # Where each Index on its way to us starts (the sender's `start`). The real Index
         # does not carry it; the Rules.progress_fence patch adds it to the message, the
@@ -84,7 +91,7 @@ class Endpoint:
 
     def _accept_hello(self, hello: p.Hello) -> None:
         if hello.node != self.peer:
-            raise p.ProtocolError(f"peer says it is {hello.node!r}, expected {self.peer!r}")
+            raise ProtocolError(f"peer says it is {hello.node!r}, expected {self.peer!r}")
         self.node.observe(hello.hlc)
         offer = hello.folders[FOLDER]
         self.their_index_id = offer.index_id
@@ -102,13 +109,13 @@ class Endpoint:
             self._accept_hello(msg)
         elif isinstance(msg, p.Index):
             if msg.index_id != self.their_index_id:
-                raise p.ProtocolError("index id changed mid-connection")
+                raise ProtocolError("index id changed mid-connection")
             self.inbox.append(msg)
             self.inbox_starts.append(self.index_starts.popleft())
             self._pull_next()
-        elif isinstance(msg, p.Request):
+        elif isinstance(msg, p.Request | p.BatchRequest):
             self.conn.net.sched.after(self.conn.net.rng.randint(0, 2), lambda: self._serve(msg))
-        elif isinstance(msg, p.Response):
+        elif isinstance(msg, p.Response | p.BatchResponse):
             self._on_response(msg)
         elif isinstance(msg, p.Ack):
             if msg.index_id == self.node.d.index_id:
@@ -119,16 +126,30 @@ class Endpoint:
         elif isinstance(msg, p.Close):
             self.conn.break_(f"{self.peer} closed: {msg.reason}")
 
-    # --- serving (peer._serve) ---------------------------------------------------------
+    # --- serving (peer._serve, _serve_batch, _read_batch) -----------------------------
 
-    def _serve(self, req: p.Request) -> None:
+    def _serve(self, req: p.Request | p.BatchRequest) -> None:
         if not self.alive:
             return
-        data = self.node.read_for_peer(req.path, req.hash)
-        if data is None:
-            self.send(p.Response(req.id, p.Status.CHANGED))
-        else:
-            self.send(p.Response(req.id, p.Status.OK, data[req.offset : req.offset + req.size]))
+        if isinstance(req, p.Request):
+            data = self.node.read_for_peer(req.path, req.hash, req.offset, req.size)
+            if data is None:
+                self.send(p.Response(req.id, p.Status.CHANGED))
+            else:
+                self.send(p.Response(req.id, p.Status.OK, data))
+            return
+        items: list[tuple[int, bytes]] = []
+        budget = p.BLOCK_SIZE
+        for path, want in req.items:
+            got = self.node.read_for_peer(path, want, 0, budget)
+            if got is None:
+                items.append((p.Status.CHANGED, b""))
+            elif len(got) >= budget:
+                items.append((p.Status.REFUSED, b""))
+            else:
+                items.append((p.Status.OK, got))
+                budget -= len(got)
+        self.send(p.BatchResponse(req.id, tuple(items)))
 
     # --- sending the index (peer._sender) ----------------------------------------------
 
@@ -145,8 +166,8 @@ class Endpoint:
                 last = records[-1].seq
                 caught_up = last >= self.node.max_seq
                 self.conn.other(self).index_starts.append(start)
-                self.send(p.Index(FOLDER, self.node.d.index_id,
-                                  tuple(r.version for r in records), last, caught_up))
+                entries = tuple(r.version for r in records if not self._echo(r.version))
+                self.send(p.Index(FOLDER, self.node.d.index_id, entries, last, caught_up))
                 if self.conn.broken:
                     return
                 self.sent_seq = last
@@ -157,6 +178,11 @@ class Endpoint:
                 self.send(p.Index(FOLDER, self.node.d.index_id, (), start, True))
                 self.announced_caught_up = True
             return
+
+    def _echo(self, v: FileVersion) -> bool:
+        """peer._echo: True when `v` is exactly what this peer sent us (it has it)."""
+        sent = self.echo.pop(v.path, None)
+        return sent is not None and sent == v
 
     def local_commit(self) -> None:
         """folder.wait_for_seq_above(sent_seq) returned."""
@@ -174,34 +200,44 @@ class Endpoint:
         if not msg.entries:
             self._finish(batch)
             return
+        self.echo.update((e.path, e) for e in msg.entries)
         batch.planned = self.node.plan(msg.entries)
         wanted = [
             pl.action.result for pl in batch.planned
             if pl.action.kind is ActionKind.FETCH and pl.action.result is not None
             and pl.action.result.kind is Kind.FILE
         ]
-        for v in wanted:
-            if v.size == 0:
-                self._verified(batch, v, b"")
-                continue
+        for group in _fetch_groups(wanted):
             self._ids += 1
-            self.pending[self._ids] = (batch, v)
+            self.pending[self._ids] = (batch, group)
             batch.waiting += 1
-            self.send(p.Request(self._ids, FOLDER, v.path, v.hash, 0, v.size))
+            if len(group) == 1 and group[0].size > SMALL_FILE:
+                v = group[0]
+                self.send(p.Request(self._ids, FOLDER, v.path, v.hash, 0, v.size))
+            else:
+                self.send(p.BatchRequest(self._ids, FOLDER,
+                                         tuple((v.path, v.hash) for v in group)))
             if self.conn.broken:
                 return
         if batch.waiting == 0:
             self._apply_soon(batch)
 
-    def _on_response(self, resp: p.Response) -> None:
+    def _on_response(self, resp: p.Response | p.BatchResponse) -> None:
         got = self.pending.pop(resp.id, None)
         if got is None:
-            raise p.ProtocolError(f"response to unknown request {resp.id}")
-        batch, v = got
-        if resp.status != p.Status.OK:
-            batch.outcome.failed.append((v.path, f"fetch failed: status {resp.status}"))
+            raise ProtocolError(f"response to unknown request {resp.id}")
+        batch, group = got
+        if isinstance(resp, p.Response):
+            items: tuple[tuple[int, bytes], ...] = ((resp.status, resp.data),)
         else:
-            self._verified(batch, v, resp.data)
+            items = resp.items
+        if len(items) != len(group):
+            items = ((p.Status.ERROR, b""),) * len(group)
+        for v, (status, data) in zip(group, items, strict=True):
+            if status != p.Status.OK:
+                batch.outcome.failed.append((v.path, f"fetch failed: status {status}"))
+            else:
+                self._verified(batch, v, data)
         batch.waiting -= 1
         if batch.waiting == 0:
             self._apply_soon(batch)
@@ -240,6 +276,10 @@ class Endpoint:
                 self._retry_later()
         elif not self.node.rules.progress_fence or batch.start <= self.processed_seq:
             # (the proposed patch only lets a batch that follows our progress advance it)
+            if batch.start > self.processed_seq:
+                self.node.history.trigger("progress-gap")
+                self.node.trace(f"{self.node.name} progress from {self.peer} jumps from "
+                                f"{self.processed_seq} to {msg.last_seq} over a failed batch")
             self.processed_seq = max(self.processed_seq, msg.last_seq)
             self.node.d.progress[self.peer] = (self.their_index_id, self.processed_seq)
             self.send(p.Ack(FOLDER, self.their_index_id, self.processed_seq))
@@ -262,9 +302,25 @@ class Endpoint:
     def fail_pending(self) -> None:
         """The connection is gone: peer._fail_pending; the puller task is cancelled."""
         self.pending.clear()
+        self.echo.clear()
         self.inbox.clear()
         self.inbox_starts.clear()
         self.busy = None
 
 
-Hook = Callable[[Endpoint], None]
+
+def _fetch_groups(wanted: list[FileVersion]) -> list[list[FileVersion]]:
+    """engine._fetch_all: big files alone, small ones in batches of BATCH_FILES files and
+    BATCH_BYTES bytes at most."""
+    groups = [[v] for v in wanted if v.size > SMALL_FILE]
+    batch: list[FileVersion] = []
+    size = 0
+    for v in (v for v in wanted if v.size <= SMALL_FILE):
+        if batch and (len(batch) >= BATCH_FILES or size + v.size > BATCH_BYTES):
+            groups.append(batch)
+            batch, size = [], 0
+        batch.append(v)
+        size += v.size
+    if batch:
+        groups.append(batch)
+    return groups

@@ -19,6 +19,14 @@ from dataclasses import dataclass, field
 
 from dagsync.model import FileVersion
 
+# The preconditions of the dagsync bugs this simulation found (tests/sim/test_scenarios.py
+# tells each as a story). A run with violations in which one of them occurred is
+# explained by that bug; a run with violations and none of them is a new finding.
+KNOWN_BUGS = {
+    "vv-reuse": "a node reused its vector counter for a path (after its edit lost)",
+    "progress-gap": "a puller persisted progress over a batch that had failed",
+}
+
 
 @dataclass(frozen=True)
 class Created:
@@ -38,8 +46,9 @@ class History:
     tombstones: dict[tuple[str, str], list[FileVersion]] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     applied_fetches: int = 0
-    # (node, path, loser, winner) of every conflict archive entry, for reports
-    archived: list[tuple[str, str, FileVersion]] = field(default_factory=list)
+    # How often each known dagsync bug's precondition occurred (see KNOWN_BUGS)
+    triggers: dict[str, int] = field(default_factory=dict)
+    _own_counters: dict[tuple[str, str], set[int]] = field(default_factory=dict)
 
     def create(
         self, node: str, version: FileVersion, parent: FileVersion | None, data: bytes | None,
@@ -55,9 +64,19 @@ class History:
             ancestors = frozenset()
         else:
             ancestors = self.versions[parent].ancestors | {parent}
+        if parent is not None and version.hlc <= parent.hlc:
+            self.violations.append(f"(2) {node} made {_short(version)} with an HLC not above "
+                                   f"the version it replaces, {_short(parent)}")
+        used = self._own_counters.setdefault((node, version.path), set())
+        if version.vv.get(node) in used:
+            self.trigger("vv-reuse")
+        used.add(version.vv.get(node))
         self.versions[version] = Created(version, parent, data, node, time_ms, ancestors)
         self.by_path.setdefault(version.path, []).append(version)
         self._held(node, version)
+
+    def trigger(self, bug: str) -> None:
+        self.triggers[bug] = self.triggers.get(bug, 0) + 1
 
     def data(self, version: FileVersion) -> bytes | None:
         return self.versions[version].data

@@ -133,5 +133,5 @@ def _dedupe(items: list[str]) -> list[str]:
         if item not in out:
             out.append(item)
     if len(out) > MAX_REPORTED:
-        out = out[:MAX_REPORTED] + [f"... and {len(out) - MAX_REPORTED} more"]
+        out = [*out[:MAX_REPORTED], f"... and {len(out) - MAX_REPORTED} more"]
     return out

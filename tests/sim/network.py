@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from dagsync import protocol as p
+from dagsync.errors import ProtocolError
 from tests.sim.config import SimConfig
 from tests.sim.endpoint import Endpoint
 from tests.sim.sched import Scheduler
@@ -91,11 +92,8 @@ class Connection:
         if self.broken:
             return
         net = self.net
-        if isinstance(msg, p.Response) and msg.data and net.roll(net.cfg.faults.p_corrupt):
-            data = bytearray(msg.data)
-            data[net.rng.randrange(len(data))] ^= 1 << net.rng.randrange(8)
-            msg = p.Response(msg.id, msg.status, bytes(data))
-            net.stats.corrupted += 1
+        if isinstance(msg, p.Response | p.BatchResponse) and net.roll(net.cfg.faults.p_corrupt):
+            msg = self._corrupt(msg)
         frame = src.session.send(msg)
         net.stats.sent(src.node.name, len(frame))
         if net.roll(net.cfg.faults.p_break):
@@ -109,6 +107,23 @@ class Connection:
         pipe.queue.append((when, frame))
         dst = self.other(src)
         net.sched.at(when, lambda: self._deliver(src.node.name, dst))
+
+    def _corrupt(self, msg: p.Response | p.BatchResponse) -> p.Response | p.BatchResponse:
+        """Flip one bit of one file's bytes (the frame itself stays well formed)."""
+        rng = self.net.rng
+        items = [msg.data] if isinstance(msg, p.Response) else [d for _, d in msg.items]
+        full = [i for i, d in enumerate(items) if d]
+        if not full:
+            return msg
+        i = rng.choice(full)
+        data = bytearray(items[i])
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        self.net.stats.corrupted += 1
+        if isinstance(msg, p.Response):
+            return p.Response(msg.id, msg.status, bytes(data))
+        new = list(msg.items)
+        new[i] = (new[i][0], bytes(data))
+        return p.BatchResponse(msg.id, tuple(new))
 
     def _deliver(self, sender: str, dst: Endpoint) -> None:
         if self.broken:
@@ -128,7 +143,7 @@ class Connection:
                     if self.broken:
                         return
                     dst.dispatch(msg)
-            except p.ProtocolError as exc:
+            except ProtocolError as exc:
                 self.net.violation(f"protocol error on {self.link}: {exc}")
                 self.break_(f"protocol error: {exc}")
 
@@ -229,15 +244,25 @@ class Network:
 
     def partition(self, side: set[str]) -> int:
         """Cut every link between `side` and the rest; returns an id for heal()."""
-        cut = [lk for lk in self.links if (lk.a in side) != (lk.b in side)]
+        pid = self.cut([lk for lk in self.links if (lk.a in side) != (lk.b in side)])
+        self.trace(f"partition {pid}: {sorted(side)} cut off")
+        return pid
+
+    def cut(self, links: list[Link]) -> int:
+        """Take `links` down until heal(returned id)."""
         self._next_id += 1
-        self.partitions[self._next_id] = cut
-        for link in cut:
+        self.partitions[self._next_id] = links
+        for link in links:
             link.down += 1
             if link.conn is not None:
                 link.conn.break_("partition")
-        self.trace(f"partition {self._next_id}: {sorted(side)} cut off ({len(cut)} links)")
         return self._next_id
+
+    def link(self, a: str, b: str) -> Link:
+        for link in self.by_node[a]:
+            if b in (link.a, link.b):
+                return link
+        raise KeyError(f"no link {a}-{b}")
 
     def heal(self, pid: int) -> None:
         cut = self.partitions.pop(pid, None)

@@ -17,10 +17,13 @@ import sys
 import time
 
 from tests.sim.config import TOPOLOGIES, Faults, Rules, SimConfig
+from tests.sim.history import KNOWN_BUGS
 from tests.sim.scenario import Result, run
 
 
-def config(args: argparse.Namespace, seed: int, topology: str, steps: int | None = None) -> SimConfig:
+def config(
+    args: argparse.Namespace, seed: int, topology: str, steps: int | None = None
+) -> SimConfig:
     return SimConfig(
         seed=seed, nodes=args.nodes, steps=args.steps if steps is None else steps,
         topology=topology, faults=Faults.none() if args.no_faults else Faults(),
@@ -38,13 +41,16 @@ def report(res: Result, args: argparse.Namespace) -> str:
     lines = [f"SEED={res.cfg.seed}  ({res.cfg.topology}, {res.cfg.nodes} nodes, "
              f"{res.cfg.steps} steps, rules {res.cfg.rules.label()})"]
     lines += [f"  {v}" for v in res.violations]
+    if res.triggers:
+        lines.append("  known dagsync bugs triggered in this run: " + ", ".join(
+            f"{name} x{count} ({KNOWN_BUGS[name]})" for name, count in res.triggers.items()))
     lines.append(f"  replay: {replay_command(res.cfg, args.patched, args.no_faults)}")
     return "\n".join(lines)
 
 
 def shrink(args: argparse.Namespace, seed: int, topology: str) -> int:
     """The fewest steps (a prefix of the same run) that still violate an invariant."""
-    lo, hi = 0, args.steps
+    lo, hi = 0, int(args.steps)
     if run(config(args, seed, topology)).ok:
         return -1
     while lo + 1 < hi:

@@ -37,10 +37,16 @@ class Result:
     heal_frames: int  # frames sent while healing
     events: int
     final: dict[str, FileVersion]
+    triggers: dict[str, int]  # known dagsync bugs whose precondition occurred
 
     @property
     def ok(self) -> bool:
         return not self.violations
+
+    @property
+    def known(self) -> bool:
+        """Violations, explained by a known dagsync bug that was triggered."""
+        return bool(self.violations) and bool(self.triggers)
 
     def digest(self) -> str:
         """One hash of the whole trace: equal digests, identical runs."""
@@ -101,7 +107,9 @@ class Scenario:
             src = w.choice(live)
             node.rename(src, w.choice([p for p in paths if p != src]))
         elif what in ("write", "delete", "rename"):
-            node.write(w.choice(paths), self._body(), 0o755 if w.random() < 0.1 else 0o644)
+            hot = paths[: self.cfg.hot_paths]
+            path = w.choice(hot) if w.random() < 0.7 else w.choice(paths)
+            node.write(path, self._body(), 0o755 if w.random() < 0.1 else 0o644)
         elif what in ("crash", "stop"):
             if len(alive) > 1 or w.random() < 0.5:
                 self._down(node, clean=what == "stop")
@@ -178,6 +186,7 @@ class Scenario:
             events=self.sched.events_run,
             final={p: v for p in self.cfg.paths
                    if (v := next(iter(self.nodes.values())).version(p)) is not None},
+            triggers=dict(sorted(self.history.triggers.items())),
         )
 
 

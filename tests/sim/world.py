@@ -51,7 +51,6 @@ class Durable:
     progress: dict[str, tuple[int, int]] = field(default_factory=dict)  # peer -> (id, seq)
     hlc_meta: int = 0  # node.py saves the HLC only on a clean close
     open_flag: bool = False  # index.py's "index.open": set while running
-    own_counter: dict[str, int] = field(default_factory=dict)  # Rules.vv_unique only
 
 
 @dataclass
@@ -100,6 +99,7 @@ class SimNode:
         self.clock = HybridClock(0)
         self.on_commit: Callable[[SimNode], None] = lambda node: None
         self.conflicts = 0
+        self.changed_ms: dict[str, int] = {}  # when each path's record last changed
         self.start()
 
     # --- clocks (engine.SharedClock) ---------------------------------------------------
@@ -126,9 +126,6 @@ class SimNode:
             self.d.last_seq += SEQ_GAP
         self.d.open_flag = True
         self.clock = HybridClock(self.d.hlc_meta)
-        if self.rules.hlc_restore == "index":
-            for rec in self.d.records.values():
-                self.clock.last = max(self.clock.last, rec.version.hlc)
         self.alive = True
 
     def crash(self) -> None:
@@ -161,28 +158,26 @@ class SimNode:
         for v in versions:
             self.d.last_seq += 1
             self.d.records[v.path] = Rec(v, self.d.last_seq)
+            self.changed_ms[v.path] = self._now()
+        if self.rules.hlc_restore == "durable":
+            self.d.hlc_meta = self.clock.last  # patched: saved in the same transaction
 
     def live_files(self) -> dict[str, bytes]:
         return dict(sorted(self.d.disk.items()))
 
     # --- local edits (engine._observed_version, _vanished) ------------------------------
 
-    def _bump(self, prev: FileVersion | None, path: str) -> VersionVector:
-        vv = prev.vv if prev else VersionVector()
-        new = vv.bump(self.name)
-        if self.rules.vv_unique:
-            used = self.d.own_counter.get(path, 0)
-            if new.get(self.name) <= used:
-                d = vv.as_dict()
-                d[self.name] = used + 1
-                new = VersionVector.of(d)
-            self.d.own_counter[path] = new.get(self.name)
-        return new
-
-    def _new_hlc(self, prev: FileVersion | None) -> int:
-        if self.rules.hlc_floor and prev is not None:
-            self.clock.last = max(self.clock.last, prev.hlc)
-        return self.tick()
+    def _stamp(self, prev: FileVersion | None) -> tuple[VersionVector, int]:
+        """The vector and HLC of a new local version on top of `prev`, as
+        engine._observed_version / _vanished make them: `prev.vv.bump(node, floor=wall
+        seconds)` and `_hlc_after(prev)` = max(tick, prev.hlc + 1); or patched."""
+        if self.rules.vv_floor == "hlc" and prev is not None:
+            self.clock.last = max(self.clock.last, prev.hlc)  # the patch moves the clock
+        tick = self.tick()
+        hlc = tick if prev is None else max(tick, prev.hlc + 1)
+        floor = hlc if self.rules.vv_floor == "hlc" else self.wall_ms() // 1000
+        vv = (prev.vv if prev else VersionVector()).bump(self.name, floor)
+        return vv, hlc
 
     def write(self, path: str, data: bytes, mode: int) -> FileVersion | None:
         """The user writes `data` to `path`; the scan turns it into a version."""
@@ -229,10 +224,10 @@ class SimNode:
             prev.kind, prev.hash, prev.target, prev.mode, prev.mtime_ns
         ) == (Kind.FILE, digest, "", mode, mtime_ns):
             return None
+        vv, hlc = self._stamp(prev)
         v = FileVersion(
             path=path, kind=Kind.FILE, size=len(data), mtime_ns=mtime_ns, mode=mode,
-            hash=digest, deleted=False, vv=self._bump(prev, path), hlc=self._new_hlc(prev),
-            origin=self.name,
+            hash=digest, deleted=False, vv=vv, hlc=hlc, origin=self.name,
         )
         self.history.create(self.name, v, prev, data, self._now())
         return v
@@ -242,10 +237,9 @@ class SimNode:
         v = self.version(path)
         if v is None or v.deleted:
             return None
-        tomb = replace(
-            v, size=0, hash="", target="", deleted=True, vv=self._bump(v, path),
-            hlc=self._new_hlc(v), origin=self.name,
-        )
+        vv, hlc = self._stamp(v)
+        tomb = replace(v, size=0, hash="", target="", deleted=True, vv=vv, hlc=hlc,
+                       origin=self.name)
         self.history.create(self.name, tomb, v, None, self._now())
         return tomb
 
@@ -254,7 +248,7 @@ class SimNode:
     def plan(self, entries: Iterable[FileVersion]) -> list[Planned]:
         planned = []
         for remote in entries:
-            action = decide(self.version(remote.path), remote)
+            action = decide(self.version(remote.path), remote, self_node=self.name)
             if action.kind is not ActionKind.KEEP:
                 planned.append(Planned(remote, action))
         return planned
@@ -266,7 +260,7 @@ class SimNode:
         staged: list[tuple[FileVersion, FileVersion | None, bytes]] = []
         for p in planned:
             local = self.version(p.remote.path)
-            action = decide(local, p.remote)
+            action = decide(local, p.remote, self_node=self.name)
             result = action.result
             if action.kind is ActionKind.KEEP or result is None:
                 continue
@@ -315,8 +309,8 @@ class SimNode:
 
     # --- serving peers (engine.read_for_peer) ------------------------------------------
 
-    def read_for_peer(self, path: str, want_hash: str) -> bytes | None:
+    def read_for_peer(self, path: str, want_hash: str, offset: int, size: int) -> bytes | None:
         v = self.version(path)
         if v is None or v.deleted or v.hash != want_hash or v.kind is not Kind.FILE:
             return None
-        return self.d.disk.get(path)
+        return self.d.disk[path][offset : offset + size]
