@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,14 +22,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 import dagsync
 from dagsync.archive import ConflictArchive
 from dagsync.config import Config, load_config
 from dagsync.errors import DagsyncError
+from dagsync.localnode import LocalNode, free_port
 from dagsync.oneshot import control_request
-from dagsync.transport import generate_node_key, public_key_line
 
 Echo = Callable[[str], None]
 Snapshot = dict[str, tuple[bytes, int, int]]  # relpath -> (content, mode bits, mtime_ns)
@@ -110,37 +107,9 @@ class DemoFailed(Exception):
 
 
 @dataclass
-class DemoNode:
-    name: str
-    base: Path
-    port: int
-    public_key: str = ""
+class DemoNode(LocalNode):
     proc: subprocess.Popen[bytes] | None = None
     wanted: bool = False  # started and not stopped on purpose: it must stay up
-
-    @property
-    def dags(self) -> Path:
-        return self.base / "dags"
-
-    @property
-    def state(self) -> Path:
-        return self.base / "state"
-
-    @property
-    def key(self) -> Path:
-        return self.base / "node_key"
-
-    @property
-    def config(self) -> Path:
-        return self.base / "dagsync.yaml"
-
-    @property
-    def log(self) -> Path:
-        return self.base / "agent.log"
-
-    @property
-    def socket(self) -> Path:
-        return self.state / "agent.sock"
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -185,12 +154,6 @@ class DemoNode:
         """SIGTERM, then SIGKILL after `grace` seconds; the exit code (None if unknown)."""
         self.terminate()
         return self.reap(grace)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _child_env() -> dict[str, str]:
@@ -248,22 +211,12 @@ class Demo:
 
     def build(self) -> None:
         for name in NAMES:
-            node = DemoNode(name, self.base / name, _free_port())
-            node.dags.mkdir(parents=True)
-            node.public_key = public_key_line(generate_node_key(node.key))
+            node = DemoNode(name, self.base / name, free_port())
+            node.create()
             self.nodes[name] = node
         for node in self.nodes.values():
-            cfg = {
-                "node": {"name": node.name, "listen": f"127.0.0.1:{node.port}",
-                         "key": str(node.key), "state_dir": str(node.state)},
-                "folders": [{"id": FOLDER_ID, "path": str(node.dags), "mode": "send-receive",
-                             "ignore": ["__pycache__/", "*.pyc"]}],
-                "peers": [{"name": p.name, "address": f"127.0.0.1:{p.port}",
-                           "public_key": p.public_key}
-                          for p in self.nodes.values() if p is not node],
-                "scan_interval": "5s",
-            }
-            node.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            node.write_config([p.peer_entry() for p in self.nodes.values() if p is not node],
+                              folder_id=FOLDER_ID, scan_interval="5s")
 
     def _check_alive(self) -> None:
         """DemoFailed when an agent that should be up has exited."""

@@ -13,65 +13,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from dagsync.localnode import LocalNode, free_port
 from dagsync.paths import is_temp_name
-from dagsync.transport import generate_node_key, public_key_line
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
-class TestNode:
+class TestNode(LocalNode):
     __test__ = False  # a harness class, not a test
 
-    name: str
-    base: Path
-    port: int
-    public_key: str = ""
     folder_mode: str = "send-receive"
     peers: list[dict[str, object]] = field(default_factory=list)
     extra: dict[str, object] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def dags(self) -> Path:
-        return self.base / "dags"
-
-    @property
-    def state(self) -> Path:
-        return self.base / "state"
-
-    @property
-    def key(self) -> Path:
-        return self.base / "node_key"
-
-    @property
-    def config(self) -> Path:
-        return self.base / "dagsync.yaml"
-
-    @property
-    def log(self) -> Path:
-        return self.base / "agent.log"
-
-    def peer_entry(self) -> dict[str, object]:
-        return {"name": self.name, "address": f"127.0.0.1:{self.port}",
-                "public_key": self.public_key}
-
-    def write_config(self) -> None:
-        cfg: dict[str, object] = {
-            "node": {"name": self.name, "listen": f"127.0.0.1:{self.port}",
-                     "key": str(self.key), "state_dir": str(self.state)},
-            "folders": [{"id": "dags", "path": str(self.dags), "mode": self.folder_mode}],
-            "peers": self.peers,
-            "scan_interval": "1s",
-        }
-        cfg.update(self.extra)
-        self.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    def write_config(self) -> None:  # type: ignore[override]
+        top: dict[str, object] = {"scan_interval": "1s", **self.extra}
+        LocalNode.write_config(self, self.peers, mode=self.folder_mode, **top)
 
     # --- processes -------------------------------------------------------------------
 
@@ -142,8 +99,7 @@ def make_nodes(tmp: Path, names: Iterable[str], links: dict[str, list[str]] | No
         node = TestNode(name, tmp / name, free_port(),
                         folder_mode=(modes or {}).get(name, "send-receive"),
                         extra=dict(extra or {}))
-        node.dags.mkdir(parents=True)
-        node.public_key = public_key_line(generate_node_key(node.key))
+        node.create()
         nodes[name] = node
     for name, node in nodes.items():
         wanted = links[name] if links is not None else [n for n in nodes if n != name]
