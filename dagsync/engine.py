@@ -631,11 +631,12 @@ class FolderEngine:
         (something applied, or a local change registered): the senders must be woken."""
         # A file edited locally since we recorded it is a local change: register it
         # first, so deciding against it archives it instead of overwriting it unseen.
+        # Paths with no record and nothing on disk need no look (an empty peer's case).
+        present = [p.remote.path for p in planned
+                   if p.remote.path in self.records or os.path.lexists(self.root / p.remote.path)]
         registered = self._register(
-            scan_paths(self.root, [p.remote.path for p in planned], self, self.ignore,
-                       self.max_file_size),
-            [p.remote.path for p in planned],
-        )
+            scan_paths(self.root, present, self, self.ignore, self.max_file_size), present
+        ) if present else 0
         staged: list[tuple[fsio.StagedWrite, FileVersion]] = []
         done: list[tuple[FileVersion, LocalStat | None]] = []
         for p in planned:

@@ -305,10 +305,8 @@ def _rename_all(
                     try:
                         if need_fsync:
                             _fsync_at(src_fd, s.temp_path.name)
-                        os.replace(
-                            s.temp_path.name, _basename(s.relpath), src_dir_fd=src_fd,
-                            dst_dir_fd=pfd,
-                        )
+                        _place(src_fd, s.temp_path.name, pfd, _basename(s.relpath),
+                               s.in_temp_dir)
                         renamed = True
                     except OSError as e:
                         failed[s.relpath] = e
@@ -320,6 +318,22 @@ def _rename_all(
                     _fsync_dir_at(pfd)
         except (OSError, PathRefused) as e:
             fail([s for s in group if s.relpath not in failed], e)
+
+
+def _place(src_fd: int, tmp: str, dst_fd: int, name: str, from_temp_dir: bool) -> None:
+    """Put a staged file in place atomically. A new file from the private temp dir is
+    hard-linked in and the temp unlinked: the watched folder then sees one plain create
+    (a rename in from an unwatched directory is a half move event that inotify watchers
+    must hold and match). An existing file is replaced by rename."""
+    if from_temp_dir:
+        try:
+            os.link(tmp, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+        except OSError:
+            pass  # it exists, or no hard links here: rename instead
+        else:
+            _unlink_quietly(src_fd, tmp)
+            return
+    os.replace(tmp, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
 
 
 def _abort_one(s: StagedWrite) -> None:
