@@ -1,0 +1,450 @@
+#!/usr/bin/env python3
+"""Where dagsync spends its time in the scenarios bench/run.py measures.
+
+    python bench/profile.py initial [--files 5000]   # py-spy on A and B during an initial sync
+    python bench/profile.py burst   [--files 5000]   # py-spy on A, B, C during a 1,000-file burst
+    python bench/profile.py latency                  # per-edit timeline from the agents' JSON logs
+    python bench/profile.py mem     [--files 20000]  # RSS baselines + tracemalloc of the index
+    python bench/profile.py rescan  [--files 20000]  # walk vs register split + cProfile
+
+Needs py-spy (`pip install py-spy`). Uses bench/run.py's nodes, corpus and process
+tracking (every process started is stopped by PID on exit). Output: a summary on stdout
+and the raw py-spy stacks under WORKDIR/profile/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import collections
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("benchrun", HERE / "run.py")
+assert _spec and _spec.loader
+R = importlib.util.module_from_spec(_spec)
+sys.modules["benchrun"] = R
+_spec.loader.exec_module(R)
+
+# Leaf frames that mean "this thread is waiting for work", not computing or doing I/O.
+IDLE_MARKS = ("select (selectors.py)", "Condition.wait (threading.py)",
+              "Event.wait (threading.py)", "Queue.get (queue.py)", "_check_inotify_fd",
+              "sleep (asyncio", "_wait_for_tstate_lock", "Thread.join (threading.py)",
+              "SimpleQueue.get", "_worker (concurrent/futures/thread.py)")
+
+
+def is_idle(leaf: str) -> bool:
+    return any(m in leaf for m in IDLE_MARKS)
+
+
+def start_spy(pid: int, out: Path, rate: int = 100, idle: bool = True) -> subprocess.Popen[bytes]:
+    spy = shutil.which("py-spy")
+    if not spy:
+        raise SystemExit("profile: py-spy not found (pip install py-spy)")
+    cmd = [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+           "--threads", "--nolineno", "--output", os.fspath(out)]
+    if idle:
+        cmd.append("--idle")
+    p = R.PROCS.start(cmd, f"py-spy-{pid}", out.with_suffix(".log"))
+    time.sleep(0.3)  # attach
+    return p
+
+
+def stop_spy(p: subprocess.Popen[bytes]) -> None:
+    if p.poll() is None:
+        os.kill(p.pid, signal.SIGINT)  # py-spy writes its output on SIGINT
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(30)
+    R.PROCS.stop(p)
+
+
+def _fn(frame: str) -> str:
+    return frame.strip()
+
+
+FOCUS = ("FolderEngine._vanished", "FolderEngine._apply_locked", "FolderEngine._register ",
+         "FolderEngine._scan_and_register", "scan_paths (dagsync", "scan_folder (dagsync",
+         "_hash_fd", "settle_racy", "being_written", "FolderEngine._commit", "commit (dagsync/fsio",
+         "_syncfs", "_fsync_dir_at", "stage_file", "Index.put", "Index.since",
+         "set_peer_progress", "PeerConnection._serve", "read_range", "PeerConnection.fetch ",
+         "PeerConnection._puller", "PeerConnection._sender", "FolderEngine.apply_batch",
+         "Session.receive_data", "encode (dagsync/protocol", "from_wire", "to_wire",
+         "asyncssh/crypto", "asyncssh/connection.py", "Logger.info", "Logger._log",
+         "FolderWatcher", "_Handler.on_any_event", "watchdog/", "ThreadPoolExecutor.submit",
+         "to_thread", "IgnoreMatcher", "json/")
+
+
+def analyze(path: Path, title: str, top: int = 18, rate: int = 100) -> dict[str, Any]:
+    """Summarise raw py-spy output: per thread busy vs waiting, and the functions with the
+    most samples (self and inclusive) among busy samples."""
+    per_thread: collections.Counter[str] = collections.Counter()
+    per_thread_busy: collections.Counter[str] = collections.Counter()
+    self_c: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    focus: collections.Counter[str] = collections.Counter()
+    total = busy = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        print(f"{title}: no profile at {path}")
+        return {}
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        frames = [_fn(f) for f in stack.split(";")]
+        thread = frames[0]
+        frames = frames[1:]
+        # thread names look like "thread (0x7f...)"; group worker threads by their root
+        joined = ";".join(frames)
+        tkey = ("event loop" if "run_forever (asyncio" in joined
+                else "to_thread worker" if "_worker (concurrent/futures/thread.py)" in joined
+                else "watchdog" if "watchdog/" in joined
+                else thread.split(" ")[0])
+        total += count
+        per_thread[tkey] += count
+        leaf = frames[-1] if frames else "?"
+        if is_idle(leaf):
+            continue
+        busy += count
+        per_thread_busy[tkey] += count
+        self_c[leaf] += count
+        for f in set(frames):
+            incl[f] += count
+        for name in FOCUS:
+            if any(name in f for f in frames):
+                focus[name] += count
+    print(f"\n### {title}: {total} samples, {busy} busy (not waiting in select/queue/sleep)")
+    for t, c in per_thread.most_common():
+        print(f"  thread {t:<18} {c:6d} samples, busy {per_thread_busy[t]:6d}")
+    print("  top self (busy samples):")
+    for f, c in self_c.most_common(top):
+        print(f"    {100 * c / max(1, busy):5.1f}%  {f}")
+    print("  top inclusive (busy samples):")
+    for f, c in incl.most_common(top + 12):
+        print(f"    {100 * c / max(1, busy):5.1f}%  {f}")
+    print("  focus (inclusive, busy samples; s = samples / rate):")
+    for name in FOCUS:
+        c = focus[name]
+        if c:
+            print(f"    {100 * c / max(1, busy):5.1f}%  {c / rate:6.2f} s  {name}")
+    return {"total": total, "busy": busy, "threads": dict(per_thread),
+            "threads_busy": dict(per_thread_busy),
+            "self": self_c.most_common(40), "inclusive": incl.most_common(60)}
+
+
+# ---------------------------------------------------------------------------- scenarios
+
+
+def scenario_initial(work: Path, files: int) -> None:
+    corpus_dir, _ = R.corpus(work, files)
+    base = work / "profile" / "initial"
+    a, b = R.Node("a", base / "a"), R.Node("b", base / "b")
+    R.mesh([a, b])
+    R.copy_tree(corpus_dir, a.dags)
+    ref = R.snapshot(a.dags)
+    a.start()
+    a.wait_ready()
+    os.sync()
+    spy_a = start_spy(a.proc.pid, base / "a.raw")  # type: ignore[union-attr]
+    t0 = time.perf_counter()
+    b.start()
+    spy_b = start_spy(b.proc.pid, base / "b.raw")  # type: ignore[union-attr]
+    marks: dict[str, float] = {}
+    t, _ = R.wait_converged([b], ref, t0, 900, what="profiled initial sync", procs=[a, b],
+                            marks=marks)
+    print(f"initial sync under py-spy: {t:.2f} s, marks "
+          + ", ".join(f"{k} {v:.2f}" for k, v in marks.items()))
+    for s in (spy_a, spy_b):
+        stop_spy(s)
+    a.stop()
+    b.stop()
+    analyze(base / "a.raw", "A (sender) during the initial sync")
+    analyze(base / "b.raw", "B (receiver, from its start) during the initial sync")
+
+
+def scenario_burst(work: Path, files: int) -> None:
+    corpus_dir, _ = R.corpus(work, files)
+    nodes, _, info = R.start_cluster(work / "profile" / "burst", corpus_dir, 900)
+    print(f"cluster ready: {info}")
+    try:
+        time.sleep(2)
+        base = work / "profile" / "burst"
+        spies = [start_spy(n.proc.pid, base / f"{n.name}.raw") for n in nodes]  # type: ignore[union-attr]
+        res: dict[str, Any] = {"burst": {}}
+        R.bench_burst(res, nodes, 1, 1000)
+        for s in spies:
+            stop_spy(s)
+        print(f"burst under py-spy: {res['burst']['converged_s']['samples']}")
+        for n in nodes:
+            analyze(base / f"{n.name}.raw", f"{n.name.upper()} during a 1,000-file burst on A")
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def scenario_latency(work: Path, files: int, edits: int) -> None:
+    """Agents with JSON logs (ms timestamps): for each edit, when A logged the local
+    change and when B and C logged the update, relative to the write."""
+    corpus_dir, _ = R.corpus(work, files)
+    base = work / "profile" / "latency"
+    nodes = [R.Node(n, base / n) for n in ("a", "b", "c")]
+    R.mesh(nodes)
+    for n in nodes:  # JSON log lines (ms timestamps), debug level
+        n.global_args = ["--log-level", "debug", "--log-format", "json"]
+    R.copy_tree(corpus_dir, nodes[0].dags)
+    for n in nodes:
+        n.start()
+    for n in nodes:
+        n.wait_ready()
+    ref = R.snapshot(nodes[0].dags)
+    R.wait_converged(nodes[1:], ref, time.perf_counter(), 900, procs=nodes)
+    rel = "bench_latency/latency_dag.py"
+    pa = nodes[0].dags / rel
+    pa.parent.mkdir(parents=True, exist_ok=True)
+    writes = []
+    try:
+        for k in range(edits):
+            data = R.dag_text(f"latency-{k:04d}")
+            time.sleep(0.3)
+            t_wall = time.time()
+            t0 = time.perf_counter()
+            with open(pa, "wb") as f:
+                f.write(data)
+            while not all((n.dags / rel).exists() and (n.dags / rel).read_bytes() == data
+                          for n in nodes[1:]):
+                time.sleep(0.001)
+            writes.append((t_wall, time.perf_counter() - t0))
+    finally:
+        for n in nodes:
+            n.stop()
+
+    def events(node: R.Node, needle: str) -> list[float]:
+        out = []
+        for line in node.log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                d = json.loads(line)
+                if needle in d.get("msg", "") and rel in d["msg"]:
+                    ts = time.mktime(time.strptime(d["ts"][:19], "%Y-%m-%dT%H:%M:%S"))
+                    out.append(ts - time.timezone + int(d["ts"][20:23]) / 1000)
+        return out
+
+    a_local = events(nodes[0], "local change")
+    b_upd = events(nodes[1], "updated")
+    c_upd = events(nodes[2], "updated")
+    rows = []
+    for t_wall, lat in writes[1:]:  # the first edit creates the file
+        al = next((x for x in a_local if x >= t_wall - 0.002), None)
+        bu = next((x for x in b_upd if x >= t_wall - 0.002), None)
+        cu = next((x for x in c_upd if x >= t_wall - 0.002), None)
+        if al and bu and cu:
+            rows.append((al - t_wall, bu - t_wall, cu - t_wall, lat))
+    if not rows:
+        print("latency: no matching log lines")
+        return
+    import statistics as st
+    print(f"\n### latency timeline over {len(rows)} edits (medians, ms from the write; "
+          "log timestamps have 1 ms resolution)")
+    print(f"  A registered the local change (after hash, racy re-check, index write): "
+          f"{st.median(r[0] for r in rows) * 1000:.1f}")
+    print(f"  B logged 'updated' (fetch + durable write + index): "
+          f"{st.median(r[1] for r in rows) * 1000:.1f}")
+    print(f"  C logged 'updated': {st.median(r[2] for r in rows) * 1000:.1f}")
+    print(f"  harness saw both: {st.median(r[3] for r in rows) * 1000:.1f}")
+
+
+def scenario_mem(work: Path, files: int) -> None:
+    corpus_dir, _ = R.corpus(work, files)
+    base = work / "profile" / "mem"
+    R.empty_dir(base)
+    # 1. interpreter + dagsync's imports only
+    p = R.PROCS.start([sys.executable, "-c",
+                       "import dagsync.agent, dagsync.peer, dagsync.oneshot, time; "
+                       "print('ready', flush=True); time.sleep(60)"],
+                      "imports-only", base / "imports.log", env=R.child_env())
+    deadline = time.monotonic() + 30
+    while ("ready" not in (base / "imports.log").read_text().splitlines()
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    print(f"python + dagsync imports: RSS {R.proc_mem_kib(p.pid)['VmRSS'] / 1024:.1f} MiB")
+    R.PROCS.stop(p)
+    # 2. an agent with an empty folder, then one holding the corpus (no peers)
+    for label, src in (("empty folder", None), (f"{files} files", corpus_dir)):
+        n = R.Node("m", base / "node")
+        n.write_config([])
+        if src is not None:
+            R.copy_tree(src, n.dags)
+        n.start()
+        n.wait_ready(600)
+        time.sleep(2)
+        m = R.proc_mem_kib(n.proc.pid)  # type: ignore[union-attr]
+        print(f"agent, {label}, no peers: RSS {m['VmRSS'] / 1024:.1f} MiB, "
+              f"peak {m['VmHWM'] / 1024:.1f} MiB")
+        n.stop()
+    index_node = n
+    # 3. after receiving a corpus: default malloc vs MALLOC_ARENA_MAX=2
+    small, _ = R.corpus(work, 5000)
+    for label, env in (("default malloc", False), ("MALLOC_ARENA_MAX=2", True)):
+        a, b = R.Node("a", base / "a"), R.Node("b", base / "b")
+        R.mesh([a, b])
+        R.copy_tree(small, a.dags)
+        ref = R.snapshot(a.dags)
+        a.env = b.env = {"MALLOC_ARENA_MAX": "2"} if env else None
+        a.start()
+        a.wait_ready(600)
+        t0 = time.perf_counter()
+        b.start()
+        t, _ = R.wait_converged([b], ref, t0, 900, procs=[a, b])
+        time.sleep(3)
+        ma, mb = (R.proc_mem_kib(x.proc.pid) for x in (a, b))  # type: ignore[union-attr]
+        print(f"2 agents after a 5,020-file initial sync ({label}; {t:.1f} s): "
+              f"A RSS {ma['VmRSS'] / 1024:.1f} MiB (peak {ma['VmHWM'] / 1024:.1f}), "
+              f"B RSS {mb['VmRSS'] / 1024:.1f} MiB (peak {mb['VmHWM'] / 1024:.1f})")
+        a.stop()
+        b.stop()
+    # 4. tracemalloc: what the in-memory index costs per file
+    from dagsync.config import load_config
+    from dagsync.node import Node as DNode
+
+    async def index_cost() -> None:
+        tracemalloc.start(10)
+        s0 = tracemalloc.take_snapshot()
+        node = DNode(load_config(index_node.config))
+        await node.open()  # loads the index the agent wrote
+        s1 = tracemalloc.take_snapshot()
+        recs = len(node.folders["dags"].records)
+        stats = s1.compare_to(s0, "lineno")
+        total = sum(s.size_diff for s in stats)
+        print(f"\n### tracemalloc: Node.open() with {recs} records: "
+              f"{total / 2**20:.1f} MiB ({total / max(1, recs):.0f} B per record)")
+        for s in stats[:12]:
+            print(f"    {s.size_diff / 2**20:6.2f} MiB  {s.traceback[0]}")
+        node.close()
+        tracemalloc.stop()
+
+    asyncio.run(index_cost())
+
+
+def scenario_rescan(work: Path, files: int, runs: int = 7) -> None:
+    """Split a no-change rescan (what Node.scan_all does) into the walk (scan_folder) and
+    the registration (FolderEngine._register), then cProfile both."""
+    import cProfile
+    import pstats
+    import statistics as st
+
+    import yaml
+
+    from dagsync.config import load_config
+    from dagsync.node import Node as DNode
+    from dagsync.scanner import scan_folder
+    from dagsync.transport import generate_node_key
+
+    corpus_dir, _ = R.corpus(work, files)
+    base = work / "profile" / "rescan"
+    R.empty_dir(base)
+    R.copy_tree(corpus_dir, base / "dags")
+    generate_node_key(base / "node_key")
+    (base / "dagsync.yaml").write_text(yaml.safe_dump({
+        "node": {"name": "p", "listen": "127.0.0.1:1", "key": os.fspath(base / "node_key"),
+                 "state_dir": os.fspath(base / "state")},
+        "folders": [{"id": "dags", "path": os.fspath(base / "dags")}]}))
+
+    async def prepare() -> Any:
+        node = DNode(load_config(base / "dagsync.yaml"))
+        await node.open()
+        await node.scan_all()
+        await node.scan_all()
+        return node
+
+    node = asyncio.run(prepare())
+    eng = node.folders["dags"]
+
+    def once() -> tuple[float, float]:
+        t0 = time.perf_counter()
+        r = scan_folder(eng.root, eng, eng.ignore, eng.max_file_size)
+        t1 = time.perf_counter()
+        n = eng._register(r, None)
+        t2 = time.perf_counter()
+        assert n == 0 and not r.changed
+        return t1 - t0, t2 - t1
+
+    parts = [once() for _ in range(runs)]
+    walk, reg = [p[0] for p in parts], [p[1] for p in parts]
+    print(f"\n### rescan of {len(eng.records)} unchanged files, {runs} runs (medians): "
+          f"scan_folder {st.median(walk) * 1000:.0f} ms, _register {st.median(reg) * 1000:.0f} ms")
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(3):
+        once()
+    prof.disable()
+    ps = pstats.Stats(prof)
+    total = sum(v[2] for v in ps.stats.values())  # type: ignore[attr-defined]
+    print(f"  cProfile, 3 rescans, top functions by own time (total {total:.2f} s under the "
+          "profiler):")
+    rows = sorted(ps.stats.items(), key=lambda kv: -kv[1][2])[:14]  # type: ignore[attr-defined]
+    for (fname, line, func), (_cc, nc, tt, ct, _callers) in rows:
+        short = fname.split("site-packages/")[-1].split("/dagsync/")[-1]
+        print(f"    {100 * tt / total:5.1f}%  own {tt:6.3f} s  cum {ct:6.3f} s  {nc:>8} calls  "
+              f"{func} ({short}:{line})")
+    node.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenario",
+                    choices=("initial", "burst", "latency", "mem", "rescan", "analyze"))
+    ap.add_argument("raw", nargs="*", type=Path, help="analyze: raw py-spy files")
+    ap.add_argument("--files", type=int, default=None)
+    ap.add_argument("--edits", type=int, default=40)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
+    ap.add_argument("--nice", type=int, default=0)
+    ap.add_argument("--src", type=Path, default=None,
+                    help="dir holding the dagsync/ package to profile, e.g. the snapshot a "
+                         "bench/run.py run used (WORKDIR/src); default: a fresh snapshot "
+                         "of this checkout")
+    args = ap.parse_args()
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    R.load_dagsync(args.src.resolve() if args.src else R.snapshot_source(work / "src-profile"))
+    R.PROCS.pidfile = work / "pids-profile"
+    atexit.register(R.PROCS.stop_all)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, R._on_signal)
+    if args.scenario == "analyze":
+        for f in args.raw:
+            analyze(f, os.fspath(f))
+        return 0
+    try:
+        if args.scenario == "initial":
+            scenario_initial(work, args.files or 5000)
+        elif args.scenario == "burst":
+            scenario_burst(work, args.files or 5000)
+        elif args.scenario == "latency":
+            scenario_latency(work, args.files or 5000, args.edits)
+        elif args.scenario == "rescan":
+            scenario_rescan(work, args.files or 20000)
+        else:
+            scenario_mem(work, args.files or 20000)
+    finally:
+        R.PROCS.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
