@@ -11,9 +11,12 @@ verified and applied, how progress is kept per peer) is mirrored in `world.py` a
 
 One seed determines everything; `python -m tests.sim.run --seed N` replays it.
 
-Modules: `config` (knobs and the policies under test), `sched` (the event queue),
-`history` (every version ever made, with its true lineage: the oracle's ground truth),
-`world` (SimNode: index, disk, archive, clock), `endpoint` (one side of one connection),
-`network` (links, topologies, faults), `scenario` (one seeded run), `invariants`
-(what must hold after healing), `run` (the CLI).
+Modules: `config` (knobs, and the engine policies under test with their proposed
+patches), `sched` (the event queue), `history` (every version ever made, with its true
+lineage: the oracle's ground truth, and the triggers of known dagsync bugs), `world`
+(SimNode: index, disk, archive, clocks), `endpoint` (one side of one connection),
+`network` (links, connections, faults), `topology`, `scenario` (one seeded run),
+`invariants` (what must hold after healing), `script` (hand-driven stories), `run` (the
+CLI). Tests: `test_sim` (seed sweeps, determinism), `test_scenarios` (each bug found,
+told as a short story). Scale: `bench/sim_scale.py`.
 """

@@ -78,7 +78,7 @@ class Scenario:
                            edges(cfg.topology, list(self.nodes), setup),
                            random.Random(f"net-{cfg.seed}"), self.trace)
         self.made = 0
-        # b"" is one of the bodies: empty files are fetched without a request
+        # b"" is one of the common bodies: empty files are in the mix too
         self.bodies = [b""] + [
             f"# dag {i}\nfrom airflow import DAG\n".encode() * i for i in range(1, cfg.contents)
         ]
