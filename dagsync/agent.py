@@ -395,6 +395,8 @@ class Agent:
                 log.info("%s", exc)
             except (TransportError, ProtocolError) as exc:
                 node.note_error(peer.name, str(exc))
+                if conn is not None and conn.session.peer_hello is not None:
+                    attempt = 0  # an established link went down: that is news, not retry noise
                 level = logging.WARNING if attempt == 0 else logging.DEBUG
                 log.log(level, "%s", exc)
             except DagsyncError as exc:

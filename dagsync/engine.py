@@ -141,7 +141,11 @@ class FolderEngine:
         self.on_applied: list[Callable[[BatchOutcome], None]] = []
         self.last_scan_duration = 0.0
         self.reverts: set[str] = set()  # receive-only paths awaiting the cluster's version
+        # Conflicts already archived by this process, so a retried apply (the write
+        # failed: full disk, permission denied) does not archive the same loser again.
+        self._archived: set[tuple[str, str, str, bool]] = set()
         self.adopting = False  # the first scan into an empty index makes unversioned records
+        self.own_counter = 0  # highest version-vector counter this node used here
         self.guard_problem = ""  # set while the empty-folder guard holds deletes back
         self.read_only = False  # dry runs: never touch the folder or the archive
         self.watcher_mode = "none"  # inotify | polling | none (one-shot runs)
@@ -160,6 +164,10 @@ class FolderEngine:
 
         def load() -> None:
             self.records = {p: _with_mode(r) for p, r in self.index.load(self.id).items()}
+            saved = self.index.get_meta(f"own_counter:{self.id}")
+            self.own_counter = max(
+                [int(saved or 0)] + [r.version.vv.get(self.node) for r in self.records.values()]
+            )
             self._dirs = {d for path in self.records for d in _parents(path)}
             self.adopting = not self.records
             self.max_seq = self.index.max_seq(self.id)
@@ -262,6 +270,8 @@ class FolderEngine:
         if not items:
             return 0
         new_versions = [i for i in items if self._is_new_version(i[0])]
+        if new_versions:
+            self.index.set_meta(f"own_counter:{self.id}", str(self.own_counter))
         for rec in self.index.put(self.id, items):
             self._remember(rec)
             self.max_seq = max(self.max_seq, rec.seq)
@@ -331,7 +341,12 @@ class FolderEngine:
         return tick if prev is None else max(tick, prev.hlc + 1)
 
     def _vv_floor(self) -> int:
-        return int(time.time())
+        """This node's next counter: above every counter it ever handed out in this folder
+        (also those of versions that since lost a conflict and left the index) and at
+        least the wall clock in seconds (as Syncthing does), so a node whose database
+        was lost does not reuse old values either."""
+        self.own_counter = max(self.own_counter + 1, int(time.time()))
+        return self.own_counter
 
     def _vanished(
         self, result: ScanResult, limited_to: list[str] | None
@@ -646,9 +661,10 @@ class FolderEngine:
             if action.kind is ActionKind.KEEP or result is None:
                 continue
             try:
-                if action.archive_local and local is not None:
+                seen = local is not None and _conflict_key(local, result) in self._archived
+                if action.archive_local and local is not None and not seen:
                     self._archive(local, result)
-                if action.conflict and local is not None:
+                if action.conflict and local is not None and not seen:
                     outcome.conflicts += 1
                     loser = p.remote if result.same_content(local) else local
                     log.warning("folder %s: conflict on %s: the version from %s wins over "
@@ -708,6 +724,7 @@ class FolderEngine:
             return
         entry = self.archive.store(self.id, loser.path, data, loser_origin=loser.origin,
                                    winner_origin=winner.origin, mode=loser.mode)
+        self._archived.add(_conflict_key(loser, winner))
         log.warning("folder %s: losing version of %s from %s kept as conflict #%d", self.id,
                     loser.path, loser.origin, entry.id)
 
@@ -723,6 +740,10 @@ class FolderEngine:
         if v is None or v.deleted or v.hash != want_hash or v.kind is not Kind.FILE:
             return None
         return fsio.read_range(self.root, path, offset, size)
+
+
+def _conflict_key(loser: FileVersion, winner: FileVersion) -> tuple[str, str, str, bool]:
+    return (loser.path, loser.hash, winner.hash, winner.deleted)
 
 
 def _with_mode(rec: Record) -> Record:

@@ -110,6 +110,10 @@ class IndexUnavailable(DagsyncError):
     """The index database cannot be opened, is corrupt, or a query on it failed."""
 
 
+class IndexCorrupt(IndexUnavailable):
+    """The file is not a readable SQLite database: its content is damaged."""
+
+
 def _row(folder: str, r: Record) -> tuple[object, ...]:
     v, st = r.version, r.stat
     return (
@@ -152,7 +156,10 @@ class Index:
             self._setup(conn)
         except sqlite3.Error as exc:
             conn.close()
-            raise IndexUnavailable(
+            # Only a damaged file is "corrupt"; a locked or unreadable one is not.
+            damaged = getattr(exc, "sqlite_errorcode", None) in (
+                sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+            raise (IndexCorrupt if damaged else IndexUnavailable)(
                 f"{db_path}: the index database is corrupt or unreadable ({exc}); "
                 "move it away to start a new index"
             ) from exc

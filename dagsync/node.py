@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -17,7 +18,7 @@ from dagsync.archive import ConflictArchive
 from dagsync.config import Config
 from dagsync.engine import BatchOutcome, FolderEngine, SharedClock
 from dagsync.fsio import cleanup_temp_files, ensure_dir
-from dagsync.index import Index
+from dagsync.index import Index, IndexCorrupt
 from dagsync.protocol import FolderOffer
 from dagsync.transport import parse_public_key
 
@@ -57,6 +58,23 @@ class PeerState:
         }
 
 
+def _open_index(path: Path) -> Index:
+    """The node's index. A corrupt one is moved aside and a new one started: the first
+    scan then records every file as unversioned, so the cluster's versions win over
+    them (newer local content archived) and nothing the cluster deleted comes back."""
+    try:
+        return Index(path)
+    except IndexCorrupt as exc:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for suffix in ("", "-wal", "-shm"):
+            src = path.with_name(path.name + suffix)
+            if src.exists():
+                src.rename(path.with_name(f"{path.name}.corrupt-{stamp}{suffix}"))
+        log.error("%s; moved aside as %s.corrupt-%s, rebuilding the index by rescanning",
+                  exc, path.name, stamp)
+        return Index(path)
+
+
 class Node:
     version = __version__
 
@@ -65,7 +83,7 @@ class Node:
         self.name = config.node.name
         state_dir = config.node.state_dir
         ensure_dir(state_dir)
-        self.index = Index(state_dir / "index.db")
+        self.index = _open_index(state_dir / "index.db")
         self.archive = ConflictArchive(state_dir)
         hlc = self.index.get_meta("hlc")
         self.clock = SharedClock(int(hlc) if hlc else 0)

@@ -56,6 +56,8 @@ class FolderLink:
     acked_seq: int = 0  # our sequence number the peer says it applied
     caught_up: bool = False  # we applied everything the peer had when it last said so
     failures: int = 0
+    retries: int = 0  # Resends since a batch last went through: the backoff step
+    retry_pending: bool = False
     inbox: asyncio.Queue[p.Index] = field(default_factory=asyncio.Queue)
     wake_sender: asyncio.Event = field(default_factory=asyncio.Event)
     would: list[tuple[str, str]] = field(default_factory=list)
@@ -357,7 +359,7 @@ class PeerConnection:
                     folder=folder.id, index_id=folder.index_id,
                     entries=tuple(r.version for r in records
                                   if folder.publishes(r.version) and not _echo(link, r.version)),
-                    last_seq=last, caught_up=last >= folder.max_seq,
+                    last_seq=last, caught_up=last >= folder.max_seq, from_seq=start,
                 ))
                 if link.sent_seq == start:  # else a Resend moved it back meanwhile
                     link.sent_seq = last
@@ -366,7 +368,7 @@ class PeerConnection:
             if not announced_caught_up:
                 await self._send_drained(p.Index(
                     folder=folder.id, index_id=folder.index_id, entries=(),
-                    last_seq=start, caught_up=True,
+                    last_seq=start, caught_up=True, from_seq=start,
                 ))
                 announced_caught_up = True
             changed = asyncio.create_task(folder.wait_for_seq_above(link.sent_seq))
@@ -402,9 +404,13 @@ class PeerConnection:
                         log.warning("peer %s: folder %s: %s: %s", self.peer_name, folder.id,
                                     path, reason)
             if link.failures:
-                if msg.caught_up:
+                if msg.caught_up and not link.retry_pending:
+                    link.retry_pending = True
                     asyncio.get_running_loop().create_task(self._retry_later(link))
                 continue
+            link.retries = 0  # everything so far went through: a next failure starts over
+            if msg.from_seq > link.processed_seq:
+                continue  # a batch sent before a Resend: applied, but not a contiguous step
             link.processed_seq = max(link.processed_seq, msg.last_seq)
             await asyncio.to_thread(self.node.index.set_peer_progress, self.peer_name,
                                     folder.id, link.their_index_id, link.processed_seq)
@@ -426,9 +432,11 @@ class PeerConnection:
                 folder.revert_needed.set()
 
     async def _retry_later(self, link: FolderLink) -> None:
-        delay = RETRY_DELAYS[min(link.failures, len(RETRY_DELAYS)) - 1]
+        link.retries += 1
+        delay = RETRY_DELAYS[min(link.retries, len(RETRY_DELAYS)) - 1]
         await asyncio.sleep(delay)
         link.failures = 0
+        link.retry_pending = False
         log.info("peer %s: folder %s: retrying from sequence %d", self.peer_name,
                  link.folder.id, link.processed_seq)
         await self._send_drained(p.Resend(link.folder.id, link.processed_seq))

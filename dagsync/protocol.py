@@ -55,8 +55,9 @@ class Hello:
 class Index:
     """A batch of records of the sender's index, in sequence order.
 
-    `last_seq` is the sender's sequence number of the last entry; `caught_up` says the
-    sender had nothing newer when it sent this batch.
+    The entries are the sender's records with sequence numbers in (`from_seq`,
+    `last_seq`]; `caught_up` says the sender had nothing newer when it sent this batch.
+    A receiver counts its progress only over contiguous batches.
     """
 
     folder: str
@@ -64,6 +65,7 @@ class Index:
     entries: tuple[FileVersion, ...]
     last_seq: int
     caught_up: bool
+    from_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +196,8 @@ def _encode_json(msg: Message) -> dict[str, Any]:
     if isinstance(msg, Index):
         return {
             "folder": msg.folder, "index_id": msg.index_id, "last_seq": msg.last_seq,
-            "caught_up": msg.caught_up, "entries": [e.to_wire() for e in msg.entries],
+            "from_seq": msg.from_seq, "caught_up": msg.caught_up,
+            "entries": [e.to_wire() for e in msg.entries],
         }
     if isinstance(msg, Request):
         return {
@@ -248,9 +251,13 @@ def _decode_json(cls: type, d: dict[str, Any]) -> Message:
         caught_up = d.get("caught_up")
         if not isinstance(caught_up, bool):
             raise ProtocolError("index: caught_up must be a boolean")
+        last_seq = _int(d, "last_seq")
+        from_seq = _int(d, "from_seq") if "from_seq" in d else 0
+        if from_seq > last_seq:
+            raise ProtocolError("index: from_seq is after last_seq")
         return Index(
             folder=_str(d, "folder"), index_id=_int(d, "index_id"), entries=entries,
-            last_seq=_int(d, "last_seq"), caught_up=caught_up,
+            last_seq=last_seq, caught_up=caught_up, from_seq=from_seq,
         )
     if cls is Request:
         return Request(

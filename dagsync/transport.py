@@ -123,7 +123,8 @@ OnStream = Callable[[str, Stream], Awaitable[None]]
 
 
 class _Server(asyncssh.SSHServer):
-    unauthenticated = 0
+    # Connections not yet authenticated, oldest first (a dict keeps insertion order).
+    pending: dict[_Server, None] = {}
 
     def __init__(self, authorize: Authorize) -> None:
         self._authorize = authorize
@@ -132,18 +133,22 @@ class _Server(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
-        if _Server.unauthenticated >= MAX_UNAUTHENTICATED:
-            log.warning("refusing connection from %s: too many unauthenticated connections",
-                        conn.get_extra_info("peername"))
-            conn.close()
-            return
-        _Server.unauthenticated += 1
+        if len(_Server.pending) >= MAX_UNAUTHENTICATED:
+            # Drop the oldest, not the newcomer: an honest peer authenticates in a few
+            # round trips, so idle connections cannot keep it out for the login timeout.
+            oldest = next(iter(_Server.pending))
+            log.warning("too many unauthenticated connections: dropping the oldest, from %s",
+                        oldest._conn.get_extra_info("peername") if oldest._conn else "?")
+            oldest._uncount()
+            if oldest._conn is not None:
+                oldest._conn.close()
+        _Server.pending[self] = None
         self._counted = True
 
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            _Server.unauthenticated -= 1
+            _Server.pending.pop(self, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._uncount()

@@ -192,14 +192,8 @@ def test_long_blackhole_is_detected_and_heals(cluster: Any, faultnet: Any) -> No
     wait_until(lambda: "peer c: connected" in _log(a)[len(log_a):], 60, "a and c to reconnect")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent.Agent._dial_loop picks the log level from the dial attempts that failed before "
-    "the connection was made (attempt > 0 -> DEBUG) and resets the count only after "
-    "logging: the loss of a long-established link is invisible at the default level"))
 def test_losing_an_established_link_is_logged_as_a_warning(cluster: Any,
                                                            faultnet: Any) -> None:
-    from dagsync.agent import STABLE_CONNECTION
-
     nodes = cluster("a", "b", extra=LIVE)
     a, b = nodes["a"], nodes["b"]
     link = faultnet(nodes, "a", "b")
@@ -210,7 +204,6 @@ def test_losing_an_established_link_is_logged_as_a_warning(cluster: Any,
     b.start()
     write(a.dags / "x.py", "x = 1\n")
     wait_converged([a, b], 30)
-    time.sleep(STABLE_CONNECTION + 1)  # a stable connection by the agent's own measure
     before = len(_log(a))
     a_to_b.set_mode("cut")
 
@@ -359,12 +352,6 @@ def test_unwritable_target_is_reported_retried_and_converges(cluster: Any) -> No
     assert _archived(b, target) == [], "a plain update was archived as a conflict"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "peer.PeerConnection._retry_later sets link.failures = 0 before the next attempt, so "
-    "the delay index never passes RETRY_DELAYS[0]: a write that keeps failing is "
-    "re-fetched every second forever (a 200 MB file on a full disk: 200 MB/s); and "
-    "_puller starts another retry chain for every caught-up batch that arrives meanwhile, "
-    "each chain perpetuating itself, so the rate grows with unrelated traffic"))
 def test_retries_of_a_write_that_keeps_failing_back_off(cluster: Any) -> None:
     from dagsync.peer import RETRY_DELAYS
 
@@ -394,10 +381,6 @@ def test_retries_of_a_write_that_keeps_failing_back_off(cluster: Any) -> None:
     assert retries <= allowed, f"{retries} retries in {hold:.0f} s (backoff allows {allowed})"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine.FolderEngine._apply_locked archives the losing local version before the "
-    "apply, on every attempt: each retry of a write that keeps failing (every ~1 s) "
-    "stores another identical copy in the conflict archive"))
 def test_a_conflict_whose_apply_keeps_failing_is_archived_once(cluster: Any,
                                                                 faultnet: Any) -> None:
     nodes = cluster("a", "b", extra=LIVE)
@@ -499,24 +482,16 @@ def test_deleted_index_is_rebuilt_without_loss_or_resurrection(cluster: Any) -> 
     _check_rebuilt(a, b)
 
 
-def test_corrupt_index_is_refused_with_a_clear_error_then_rebuilt(cluster: Any) -> None:
+def test_corrupt_index_is_moved_aside_and_rebuilt(cluster: Any) -> None:
     def garbage(state: Path) -> None:
         _delete_index(state)
         (state / "index.db").write_bytes(os.urandom(64 * 1024))
 
     a, b = _wiped_index_scenario(cluster, garbage)
-    # What happens: the agent refuses to start, with one line naming the file and the
-    # way out; it does not silently start a new index (that is the operator's call).
-    res = b.run("agent", timeout=30)
-    assert res.returncode == 1, res
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-    assert str(b.state / "index.db") in lines[0] and "corrupt" in lines[0], lines[0]
-    assert "move it away" in lines[0]
-    # The operator does so: the agent rebuilds by rescanning and resyncing.
-    (b.state / "index.db").rename(b.state / "index.db.corrupt")
     b.start()
     _check_rebuilt(a, b)
+    assert "rebuilding the index" in _log(b)
+    assert list(b.state.glob("index.db.corrupt-*"))
 
 
 # --- files changing while being hashed -------------------------------------------------
@@ -921,11 +896,6 @@ def test_connections_that_never_authenticate_are_dropped_and_do_not_block_peers(
     assert _alive(a)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "transport._Server refuses every new connection once MAX_UNAUTHENTICATED (32) are "
-    "pending: idle TCP connections, kept open or reopened as they time out, lock out "
-    "an honest peer that can only dial in (measured: ~13 s for a one-off flood of 40, "
-    "indefinitely for a sustained one)"))
 def test_an_honest_peer_dialling_in_gets_through_a_sustained_connection_flood(
         cluster: Any, faultnet: Any) -> None:
     import socket

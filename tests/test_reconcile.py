@@ -526,10 +526,16 @@ async def _edit_on_top_of_remote(
         remote = replace(fv("remote", {"remote": 1}, remote_ms, path="etl.py"),
                          size=len(data), hash=engine.content_hash(data))
 
-        async def fetch(v: FileVersion) -> bytes:
-            return data
+        class Source:
+            """The remote peer, serving exactly that content."""
 
-        outcome = await folder.apply_batch([remote], fetch)
+            async def fetch(self, v: FileVersion) -> bytes:
+                return data
+
+            async def fetch_many(self, vs: list[FileVersion]) -> list[bytes | BaseException]:
+                return [data for _ in vs]
+
+        outcome = await folder.apply_batch([remote], Source())
         assert outcome.applied == ["etl.py"]
         (root / "etl.py").write_bytes(b"print('edited here')\n")
         await folder.scan()

@@ -31,18 +31,19 @@ class Rules:
     hlc_restore: where a restarted node's HLC starts. "meta" is node.py today: the value
         saved at the last clean close, so a kill -9 forgets every tick since. "durable"
         is a proposed patch: the HLC is saved in every index transaction.
-    vv_floor: the floor of a node's own counter when it bumps a vector. "wall-s" is the
-        engine today (`bump(node, floor=int(time.time()))`): two edits by one node in the
-        same second, or after its clock stepped back, can reuse a counter. "hlc" is the
-        proposed patch: floor at the new version's HLC, which (with the shared clock
-        moved past the replaced version and saved durably) never repeats on a node.
+    vv_floor: the floor of a node's own counter when it bumps a vector. "own" is the
+        engine today (engine._vv_floor): above every counter the node ever used in the
+        folder (persisted) and at least the wall clock in seconds. "wall-s" was the
+        engine before: two edits by one node in the same second, or after its clock
+        stepped back, could reuse a counter. "hlc" was a proposed alternative.
     progress_fence: the puller advances its persisted progress only with a batch that
-        starts at or below it (proposed patch in peer._puller; Index carries its start).
+        starts at or below it (peer._puller; Index carries its start). False mirrors the
+        engine before that fix.
     """
 
     hlc_restore: str = "meta"
-    vv_floor: str = "wall-s"
-    progress_fence: bool = False
+    vv_floor: str = "own"
+    progress_fence: bool = True
 
     @classmethod
     def patched(cls) -> Rules:

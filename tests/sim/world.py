@@ -50,6 +50,7 @@ class Durable:
     archive: list[ArchiveEntry] = field(default_factory=list)
     progress: dict[str, tuple[int, int]] = field(default_factory=dict)  # peer -> (id, seq)
     hlc_meta: int = 0  # node.py saves the HLC only on a clean close
+    own_counter: int = 0  # engine: saved in the index meta before each new local version
     open_flag: bool = False  # index.py's "index.open": set while running
 
 
@@ -175,7 +176,12 @@ class SimNode:
             self.clock.last = max(self.clock.last, prev.hlc)  # the patch moves the clock
         tick = self.tick()
         hlc = tick if prev is None else max(tick, prev.hlc + 1)
-        floor = hlc if self.rules.vv_floor == "hlc" else self.wall_ms() // 1000
+        if self.rules.vv_floor == "own":
+            # engine._vv_floor: above every counter this node ever used, and >= wall s.
+            self.d.own_counter = max(self.d.own_counter + 1, self.wall_ms() // 1000)
+            floor = self.d.own_counter
+        else:
+            floor = hlc if self.rules.vv_floor == "hlc" else self.wall_ms() // 1000
         vv = (prev.vv if prev else VersionVector()).bump(self.name, floor)
         return vv, hlc
 
