@@ -234,7 +234,7 @@ class Agent:
                 continue
             await asyncio.sleep(2)
             if sum(f.max_seq for f in node.folders.values()) == seqs:
-                memory.trim()
+                await asyncio.to_thread(memory.trim)
                 last = seqs
 
     async def _prune_loop(self) -> None:
@@ -363,7 +363,7 @@ class Agent:
                 await self.node.scan_all()
             except Exception:
                 log.exception("periodic scan failed")
-            memory.trim()
+            await asyncio.to_thread(memory.trim)
 
     # --- peers -----------------------------------------------------------------------
 
