@@ -131,6 +131,7 @@ class FolderEngine:
         self.ignore = IgnoreMatcher(cfg.ignore)
         self.records: dict[str, Record] = {}
         self._dirs: set[str] = set()  # every directory that holds a recorded path
+        self._by_hash: dict[str, str] = {}  # content hash -> a path recorded with it
         self.lock = asyncio.Lock()
         self.changed = asyncio.Condition()
         self.max_seq = 0
@@ -169,6 +170,8 @@ class FolderEngine:
                 [int(saved or 0)] + [r.version.vv.get(self.node) for r in self.records.values()]
             )
             self._dirs = {d for path in self.records for d in _parents(path)}
+            self._by_hash = {r.version.hash: p for p, r in self.records.items()
+                             if not r.version.deleted and r.version.kind is Kind.FILE}
             self.adopting = not self.records
             self.max_seq = self.index.max_seq(self.id)
             self.index_id = self.index.index_id(self.id)
@@ -265,6 +268,7 @@ class FolderEngine:
             if item is not None:
                 items.append(item)
         items.extend(self._vanished(result, limited_to))
+        items.extend(self._rename_sources(items))
         if self.cfg.mode is FolderMode.RECEIVE_ONLY:
             items = self._refuse_local_edits(items)
         if not items:
@@ -312,10 +316,12 @@ class FolderEngine:
         return version, obs.stat()
 
     def _remember(self, rec: Record) -> None:
-        path = rec.version.path
-        if path not in self.records:
-            self._dirs.update(_parents(path))
-        self.records[path] = _with_mode(rec)
+        v = rec.version
+        if v.path not in self.records:
+            self._dirs.update(_parents(v.path))
+        self.records[v.path] = _with_mode(rec)
+        if not v.deleted and v.kind is Kind.FILE:
+            self._by_hash[v.hash] = v.path
 
     def _records_under(self, paths: list[str]) -> list[str]:
         """Recorded paths equal to one of `paths` or below one of them. Exact paths are
@@ -348,6 +354,34 @@ class FolderEngine:
         self.own_counter = max(self.own_counter + 1, int(time.time()))
         return self.own_counter
 
+    def _tombstone(self, v: FileVersion) -> FileVersion:
+        return replace(
+            v, size=0, hash="", target="", deleted=True,
+            vv=v.vv.bump(self.node, self._vv_floor()), hlc=self._hlc_after(v),
+            origin=self.node,
+        )
+
+    def _rename_sources(
+        self, items: list[tuple[FileVersion, LocalStat | None]]
+    ) -> list[tuple[FileVersion, LocalStat | None]]:
+        """The other half of a rename: a new file whose content a recorded file had, where
+        that file is now gone from disk, is a move. Its delete joins this registration, so
+        peers get both in one batch and move the file (inotify may report the two halves
+        half a second apart: watchdog holds a lone IN_MOVED_FROM)."""
+        taken = {v.path for v, _ in items}
+        out: list[tuple[FileVersion, LocalStat | None]] = []
+        for v, _ in items:
+            if v.deleted or v.kind is not Kind.FILE or not self._is_new_version(v):
+                continue
+            source = self._by_hash.get(v.hash)
+            rec = self.records.get(source) if source else None
+            if (rec is None or source in taken or rec.version.deleted
+                    or _lstat_key(self.root, rec.version.path) is not None):
+                continue
+            taken.add(rec.version.path)
+            out.append((self._tombstone(rec.version), None))
+        return out
+
     def _vanished(
         self, result: ScanResult, limited_to: list[str] | None
     ) -> list[tuple[FileVersion, LocalStat | None]]:
@@ -375,12 +409,7 @@ class FolderEngine:
                 continue
             if self.ignore.ignored(path, False) or _lstat_key(self.root, path) is not None:
                 continue
-            tomb = replace(
-                v, size=0, hash="", target="", deleted=True,
-                vv=v.vv.bump(self.node, self._vv_floor()),
-                hlc=self._hlc_after(v), origin=self.node,
-            )
-            out.append((tomb, None))
+            out.append((self._tombstone(v), None))
         return out
 
     def _refuse_local_edits(
@@ -654,9 +683,43 @@ class FolderEngine:
         ) if present else 0
         staged: list[tuple[fsio.StagedWrite, FileVersion]] = []
         done: list[tuple[FileVersion, LocalStat | None]] = []
+        decided: list[tuple[Planned, FileVersion | None, Action]] = []
         for p in planned:
             local = self.version(p.remote.path)
-            action = decide(local, p.remote, self_node=self.node)
+            decided.append((p, local, decide(local, p.remote, self_node=self.node)))
+        # A rename arrives as a delete and a create of the same content: move the file
+        # with one rename(2), so Airflow never sees the DAG missing or twice. Every other
+        # delete happens after the new files are in place.
+        movable: dict[str, list[str]] = {}
+        for _, local, action in decided:
+            if (action.kind is ActionKind.DELETE and local is not None and not local.deleted
+                    and local.kind is Kind.FILE and not action.archive_local):
+                movable.setdefault(local.hash, []).append(local.path)
+        creates = [d for d in decided if d[2].kind is not ActionKind.DELETE]
+        self._apply_decided(creates, contents, staged, done, outcome, movable)
+        self._commit(staged, done, outcome)
+        gone: list[tuple[FileVersion, LocalStat | None]] = []
+        deletes = [d for d in decided if d[2].kind is ActionKind.DELETE]
+        self._apply_decided(deletes, contents, [], gone, outcome, movable)
+        self._commit([], gone, outcome)
+        done += gone
+        if not done:
+            return registered > 0  # a local edit found just now is news too
+        for v, _ in done:
+            log.info("folder %s: %s %s from %s", self.id,
+                     "deleted" if v.deleted else "updated", v.path, v.origin)
+        return True
+
+    def _apply_decided(
+        self,
+        decided: list[tuple[Planned, FileVersion | None, Action]],
+        contents: dict[str, bytes],
+        staged: list[tuple[fsio.StagedWrite, FileVersion]],
+        done: list[tuple[FileVersion, LocalStat | None]],
+        outcome: BatchOutcome,
+        movable: dict[str, list[str]],
+    ) -> None:
+        for p, local, action in decided:
             result = action.result
             if action.kind is ActionKind.KEEP or result is None:
                 continue
@@ -670,7 +733,16 @@ class FolderEngine:
                     log.warning("folder %s: conflict on %s: the version from %s wins over "
                                 "the one from %s", self.id, result.path, result.origin,
                                 loser.origin)
-                item = self._apply_one(action, result, contents, staged)
+                sources = movable.get(result.hash) if action.kind is ActionKind.FETCH else None
+                if sources and result.kind is Kind.FILE and not result.deleted:
+                    src = sources.pop()
+                    fsio.move_file(self.root, src, result.path)
+                    fsio.set_meta(self.root, result.path, result.mode, result.mtime_ns)
+                    item: tuple[FileVersion, LocalStat | None] | None = (
+                        result, _stat_of(self.root, result.path))
+                    log.info("folder %s: moved %s to %s", self.id, src, result.path)
+                else:
+                    item = self._apply_one(action, result, contents, staged)
             except PathRefused as exc:
                 outcome.refused.append((result.path, str(exc)))
                 log.warning("folder %s: refused remote entry %r: %s", self.id, result.path, exc)
@@ -682,13 +754,6 @@ class FolderEngine:
                 continue
             if item is not None:
                 done.append(item)
-        self._commit(staged, done, outcome)
-        if not done:
-            return registered > 0  # a local edit found just now is news too
-        for v, _ in done:
-            log.info("folder %s: %s %s from %s", self.id,
-                     "deleted" if v.deleted else "updated", v.path, v.origin)
-        return True
 
     def _apply_one(
         self,

@@ -415,6 +415,19 @@ def set_meta(root: Path, relpath: str, mode: int, mtime_ns: int) -> None:
 # --- deletes and reads -----------------------------------------------------------------
 
 
+def move_file(root: Path, src: str, dst: str) -> None:
+    """Rename a file or symlink within the folder with one rename(2) (creating missing
+    parents of `dst`), replacing a file at `dst`, never following a symlinked parent."""
+    with _parent(root, src, create=False) as sfd, _parent(root, dst, create=True) as dfd:
+        st = _lstat_at(dfd, _basename(dst))
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(root / dst))
+        os.rename(_basename(src), _basename(dst), src_dir_fd=sfd, dst_dir_fd=dfd)
+        _fsync_dir_at(dfd)
+        if not os.path.samestat(os.fstat(sfd), os.fstat(dfd)):
+            _fsync_dir_at(sfd)
+
+
 def remove_file(root: Path, relpath: str) -> bool:
     """Unlink the file or symlink at `relpath` (never a directory), durably.
 

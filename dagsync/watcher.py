@@ -37,6 +37,10 @@ from dagsync.ignore import IgnoreMatcher
 log = logging.getLogger("dagsync.watcher")
 
 COALESCE = 0.008  # quiet time after a close before a round starts
+# A path that went away waits this long for the create that may pair with it (a rename
+# whose two halves inotify reports apart, e.g. into a directory created just before), so
+# both travel in one round and peers move the file instead of deleting and re-creating.
+DELETE_HOLD = 0.15
 MAX_DELAY = 0.25  # a round starts at the latest this long after its first event
 WANTED_EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileDeletedEvent, FileMovedEvent,
@@ -79,9 +83,17 @@ class _Handler(FileSystemEventHandler):
         if dest:
             paths.append(dest)
         closed = isinstance(event, FileClosedEvent)
-        rels = [r for r in (w.relative(os.fsdecode(p)) for p in paths) if r is not None]
-        if rels:
-            w.loop.call_soon_threadsafe(w.note, rels, closed)
+        gone = isinstance(event, FileDeletedEvent | DirDeletedEvent)
+        src = w.relative(os.fsdecode(event.src_path))
+        if dest:
+            # A move: its source went away, its destination appeared.
+            if src is not None:
+                w.loop.call_soon_threadsafe(w.note, [src], False, True)
+            dst = w.relative(os.fsdecode(dest))
+            if dst is not None:
+                w.loop.call_soon_threadsafe(w.note, [dst], False, False)
+        elif src is not None:
+            w.loop.call_soon_threadsafe(w.note, [src], closed, gone)
 
 
 class FolderWatcher:
@@ -100,7 +112,8 @@ class FolderWatcher:
         self.on_paths = on_paths
         self.settle = settle
         self.loop = loop
-        self.pending: dict[str, tuple[float, bool]] = {}  # path -> (last event, closed)
+        # path -> (last event, closed, gone)
+        self.pending: dict[str, tuple[float, bool, bool]] = {}
         self.first_event: float | None = None
         self.wakeup = asyncio.Event()
         self.observer: Observer | None = None  # type: ignore[valid-type]
@@ -159,26 +172,33 @@ class FolderWatcher:
             self.observer.join(timeout=2)
             self.observer = None
 
-    def note(self, paths: list[str], closed: bool) -> None:
+    def note(self, paths: list[str], closed: bool, gone: bool = False) -> None:
         now = time.monotonic()
         self.events += 1
         for path in paths:
-            _, was_closed = self.pending.get(path, (now, False))
-            self.pending[path] = (now, closed or was_closed)
+            _, was_closed, _ = self.pending.get(path, (now, False, False))
+            self.pending[path] = (now, closed or was_closed, gone)
         if self.first_event is None:
             self.first_event = now
         self.wakeup.set()
 
     def _ready(self, now: float) -> tuple[set[str], float | None]:
         """Paths to take now, and how long until the next one may be ready."""
-        last_event = max(t for t, _ in self.pending.values())
+        last_event = max(t for t, _, _ in self.pending.values())
         quiet = now - last_event
         overdue = self.first_event is not None and now - self.first_event >= MAX_DELAY
         if quiet < COALESCE and not overdue:
             return set(), COALESCE - quiet
-        ready = {p for p, (t, closed) in self.pending.items()
-                 if closed or now - t >= self.settle or overdue}
-        waiting = [self.settle - (now - t) for p, (t, _) in self.pending.items() if p not in ready]
+        ready = {p for p, (t, closed, gone) in self.pending.items()
+                 if not gone and (closed or now - t >= self.settle or overdue)}
+        if ready:
+            # Whatever went away travels with what appeared: a rename stays one round.
+            ready |= {p for p, (_, _, gone) in self.pending.items() if gone}
+        else:
+            ready = {p for p, (t, _, gone) in self.pending.items()
+                     if gone and (now - t >= max(self.settle, DELETE_HOLD) or overdue)}
+        waiting = [(max(self.settle, DELETE_HOLD) if gone else self.settle) - (now - t)
+                   for p, (t, _, gone) in self.pending.items() if p not in ready]
         return ready, (max(0.001, min(waiting)) if waiting else None)
 
     async def run(self) -> None:

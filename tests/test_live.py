@@ -168,3 +168,22 @@ def test_watching_survives_the_folder_being_replaced(cluster: Any) -> None:
     time.sleep(3)  # the guard notices within a few seconds
     write(a.dags / "after.py", "y = 2\n")
     wait_until(lambda: (b.dags / "after.py").exists(), 10, "a change in the new directory")
+
+
+def test_a_rename_arrives_as_one_rename_never_missing_or_doubled(cluster: Any) -> None:
+    """Airflow must never see a renamed DAG vanish or exist twice: the receiver moves
+    the very file it has (same inode) instead of deleting one and writing another."""
+    nodes = cluster("a", "b", extra=LIVE)
+    for n in nodes.values():
+        n.start()
+    a, b = nodes["a"], nodes["b"]
+    write(a.dags / "old_name.py", "dag = 'renamed'\n")
+    write(a.dags / "stays.py", "x = 1\n")
+    wait_converged(nodes.values())
+    inode_before = (b.dags / "old_name.py").stat().st_ino
+    os.makedirs(a.dags / "newdir")
+    os.rename(a.dags / "old_name.py", a.dags / "newdir" / "new_name.py")
+    wait_converged(nodes.values())
+    assert not (b.dags / "old_name.py").exists()
+    assert (b.dags / "newdir" / "new_name.py").stat().st_ino == inode_before
+    assert "moved old_name.py to newdir/new_name.py" in b.log.read_text()
