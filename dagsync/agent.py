@@ -162,10 +162,14 @@ class Agent:
                 conn.close("agent stopping")
             for task in [*self._dialers.values(), *self._tasks]:
                 task.cancel()
-            await asyncio.wait_for(
-                asyncio.gather(*self._dialers.values(), *self._tasks, return_exceptions=True),
-                1.5,
-            )
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*self._dialers.values(), *self._tasks,
+                                   return_exceptions=True),
+                    1.5,
+                )
+            except TimeoutError:
+                log.warning("some tasks did not stop within 1.5 s; exiting anyway")
             with contextlib.suppress(FileNotFoundError):
                 sock_path.unlink()
         finally:
