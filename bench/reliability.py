@@ -93,7 +93,7 @@ def _install_wrappers() -> None:
 
     node_cls = cluster.TestNode
     real_signal, real_start, real_cleanup = node_cls.signal, node_cls.start, node_cls.cleanup
-    real_snapshot = cluster.snapshot
+    real_converged, real_snapshot = cluster.converged, cluster.snapshot
 
     def signal_(self: Any, sig: int) -> None:
         real_signal(self, sig)
@@ -125,9 +125,9 @@ def _install_wrappers() -> None:
 
     def converged(nodes: Any, meta: bool = True) -> bool:
         nodes = list(nodes)
-        snaps = [real_snapshot(n.dags, meta) for n in nodes]
-        held = all(s == snaps[0] for s in snaps[1:])
+        held: bool = real_converged(nodes, meta)
         if held:  # what the check that held compared: every node's copy of every file
+            snaps = [real_snapshot(n.dags, meta) for n in nodes]
             _bump("convergence_checks_held")
             _bump("bytes_compared", sum(_size(s) for s in snaps))
             _bump("files_compared", sum(len(s) for s in snaps))
@@ -463,6 +463,8 @@ CATALOGUE: dict[str, tuple[str, str, str, Times, str]] = {
         "an honest peer that can only dial in gets through"),
 }
 
+PARTIAL_CAUSE = "listed, but DagBag parsed a version the writer never produced (partial)"
+
 GROUPS = [("crash", "Crashes"), ("network", "Network faults (tests/faultnet.py proxy)"),
           ("disk", "The receiver's disk"), ("files", "Files changing under the agent"),
           ("state", "State database lost or corrupt"), ("clock", "Clocks"),
@@ -470,6 +472,12 @@ GROUPS = [("crash", "Crashes"), ("network", "Network faults (tests/faultnet.py p
 
 
 # --- rendering ---------------------------------------------------------------------------
+
+
+def fmt_ms(d: dict[str, float] | None) -> str:
+    if not d:
+        return ""
+    return f"{d['min_ms']:g}-{d['max_ms']:g} ms, median {d['median_ms']:g} ms"
 
 
 def fmt_bytes(n: float) -> str:
@@ -556,7 +564,9 @@ def render(fig: dict[str, Any]) -> str:
         kill_line += (f" + {soak['kills']} in the Airflow soak, each followed by a restart "
                       f"({soak['restarts']})")
     w(f"| kill -9 cycles survived | {kill_line} |")
-    w(f"| SIGSTOP hangs | {tot.get('sigstop', 0)} |")
+    w(f"| SIGSTOP hangs | {tot.get('sigstop', 0)}"
+      + (" (SIGSTOP of a peer is exercised in tests/test_live.py, outside this run)"
+         if not tot.get("sigstop") else "") + " |")
     bc = tot.get("bytes_compared", 0)
     bytes_line = (f"{fmt_bytes(bc)} in {tot.get('files_compared', 0):,} file copies compared "
                   "by checks that held")
@@ -772,12 +782,17 @@ def render_soak(w: Callable[[str], None], soak: dict[str, Any] | None) -> None:
       f"({fmt_bytes(t['bytes_compared'])} compared with the writer's versions) | 0 |")
     every = g.get("seconds_per_listing")
     every_txt = f"listed every {every * 1000:.1f} ms" if every else "listed every ~3 ms"
+    if g.get("probe_artifacts_excluded"):
+        every_txt += (f"; {g['probe_artifacts_excluded']} one-listing windows after a rename "
+                      "B applied as one move left out as the prober's own walk")
     w(f"| B's folder without a DAG's file under either name ({every_txt}) | "
       f"{g['gaps']}: {g['gaps_without_a_kill']} without a kill "
-      f"{g['durations_without_a_kill'] or ''}, {g['gaps_across_a_kill']} across a kill "
-      f"{g['durations_across_a_kill'] or ''} | 0 |")
+      f"({fmt_ms(g['durations_without_a_kill']) or '-'}), {g['gaps_across_a_kill']} across "
+      f"a kill ({fmt_ms(g['durations_across_a_kill']) or '-'}) | ideally 0 (a DagBag "
+      "listing inside one counts above) |")
     w(f"| B's folder with a DAG's file under both names | {g['overlaps']} "
-      f"{g['overlap_durations'] or ''} | 0 |")
+      f"({fmt_ms(g['overlap_durations']) or '-'}) | ideally 0 (a DagBag round inside one "
+      "fails with a duplicate dag_id, counted above) |")
     logs_b = soak.get("agent_logs", {}).get("b", {})
     if "receive_only_local_changes" in logs_b:
         w(f"| local changes B reported on its receive-only folder (nobody edits it) | "
@@ -788,10 +803,13 @@ def render_soak(w: Callable[[str], None], soak: dict[str, Any] | None) -> None:
     if c is not None:
         ckinds = ", ".join(f"{k}: {v}" for k, v in c["import_errors_by_kind"].items())
         causes = ", ".join(f"{k}: {v}" for k, v in c["vanished_by_cause"].items())
+        half = (c["import_errors_by_kind"].get("torn_content", 0)
+                + c["vanished_by_cause"].get(PARTIAL_CAUSE, 0))
         w(f"| control, DagBag on A's own folder | import errors in "
           f"{c['rounds_with_import_errors']} of {c['rounds']} rounds ({ckinds or 'none'}); "
-          f"DAGs missing from a round: {causes or 'none'} (A shows the writer's in-place "
-          "writes half done; B never did) | |")
+          f"DAGs missing from a round: {causes or 'none'}"
+          + (f" ({half} times DagBag on A read the writer's in-place write half done; B "
+             "never showed a half-written file)" if half else "") + " | |")
     w("")
     w(f"Verdict of that run: **{'all checks held' if soak['ok'] else 'FAILED'}**"
       + ("" if soak["ok"] else ": " + "; ".join(k for k, v in soak["checks"].items()
@@ -810,7 +828,11 @@ def _ops(sample: dict[str, Any]) -> str:
     ops = sample.get("writer_ops") or []
     steps = [f"{o['op']} `{o['path']}`" + (f" -> `{o['to']}`" if o["to"] else "")
              + f" {o['seconds_before'] * 1000:.0f} ms before" for o in ops[-3:]]
-    return "; ".join(steps) or "no writer step on it in the 2 s before"
+    text = "; ".join(steps) or "no writer step on it in the 2 s before"
+    if sample.get("b_applied_rename_as"):
+        text += (f" ({sample['b_applied_rename_as']}; the writer made "
+                 f"{sample['writer_changes_within_1s']} changes within that second)")
+    return text
 
 
 def soak_findings(soak: dict[str, Any]) -> list[str]:
@@ -826,7 +848,7 @@ def soak_findings(soak: dict[str, Any]) -> list[str]:
         samples = g.get("overlap_samples", [])[:3]
         out.append(
             f"B's folder held a DAG's file under two names at once {g['overlaps']} times "
-            f"({g['overlap_durations'] or {}}); {dup} DagBag rounds on B failed with "
+            f"({fmt_ms(g['overlap_durations'])}); {dup} DagBag rounds on B failed with "
             "`AirflowDagDuplicatedIdException` (Airflow shows it as an import error). A "
             "rename on A is one rename(2); dagsync moves B's copy with one rename(2) only "
             "when it pairs the delete with a create of the same content "
@@ -838,7 +860,7 @@ def soak_findings(soak: dict[str, Any]) -> list[str]:
         samples = g.get("longest_gaps", g.get("samples", []))[:3]
         out.append(
             f"B's folder held no file with a DAG {g['gaps']} times although the writer had "
-            f"not deleted it ({g['durations_without_a_kill'] or {}} without a kill, "
+            f"not deleted it ({fmt_ms(g['durations_without_a_kill'])} without a kill, "
             f"{g['gaps_across_a_kill']} across a kill); {p['vanished_dagsync_causes']} "
             "DagBag listings on B fell in one. Airflow's DAG file processor lists the "
             "folder every `dag_dir_list_interval` (300 s by default), deactivates DAGs whose "

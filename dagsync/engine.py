@@ -5,6 +5,7 @@ decided and applied. All mutation of a folder happens under its lock; blocking w
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -27,7 +28,14 @@ from dagsync.leases import being_written
 from dagsync.model import Action, ActionKind, FileVersion, FolderMode, Kind
 from dagsync.paths import check_relpath, symlink_target_ok
 from dagsync.reconcile import decide
-from dagsync.scanner import Observed, ScanResult, scan_folder, scan_paths
+from dagsync.scanner import (
+    Observed,
+    ScanResult,
+    UnstableFile,
+    hash_file,
+    scan_folder,
+    scan_paths,
+)
 
 log = logging.getLogger("dagsync.engine")
 
@@ -173,6 +181,8 @@ class FolderEngine:
             self._by_hash = {r.version.hash: p for p, r in self.records.items()
                              if not r.version.deleted and r.version.kind is Kind.FILE}
             self.adopting = not self.records
+            if self.root.is_dir():
+                self._replay_intent()
             self.max_seq = self.index.max_seq(self.id)
             self.index_id = self.index.index_id(self.id)
             if self.root.is_dir():
@@ -695,6 +705,10 @@ class FolderEngine:
             if (action.kind is ActionKind.DELETE and local is not None and not local.deleted
                     and local.kind is Kind.FILE and not action.archive_local):
                 movable.setdefault(local.hash, []).append(local.path)
+        # Write-ahead intent: if the agent dies between changing the folder and recording
+        # it, the restart adopts what landed instead of taking it for local edits.
+        self._set_intent([a.result for _, _, a in decided
+                          if a.result is not None and a.kind is not ActionKind.KEEP])
         creates = [d for d in decided if d[2].kind is not ActionKind.DELETE]
         self._apply_decided(creates, contents, staged, done, outcome, movable)
         self._commit(staged, done, outcome)
@@ -702,6 +716,7 @@ class FolderEngine:
         deletes = [d for d in decided if d[2].kind is ActionKind.DELETE]
         self._apply_decided(deletes, contents, [], gone, outcome, movable)
         self._commit([], gone, outcome)
+        self._set_intent([])
         done += gone
         if not done:
             return registered > 0  # a local edit found just now is news too
@@ -709,6 +724,42 @@ class FolderEngine:
             log.info("folder %s: %s %s from %s", self.id,
                      "deleted" if v.deleted else "updated", v.path, v.origin)
         return True
+
+    def _set_intent(self, versions: list[FileVersion]) -> None:
+        key = f"intent:{self.id}"
+        if versions or self.index.get_meta(key):
+            self.index.set_meta(key, json.dumps([v.to_wire() for v in versions]))
+
+    def _replay_intent(self) -> None:
+        """After a crash mid-apply: record each intended version that is on disk as it
+        was meant to be (content hash checked), so it is not mistaken for a local edit."""
+        raw = self.index.get_meta(f"intent:{self.id}")
+        if not raw:
+            return
+        landed: list[tuple[FileVersion, LocalStat | None]] = []
+        try:
+            intended = [FileVersion.from_wire(w) for w in json.loads(raw)]
+        except ValueError:
+            intended = []  # a torn note: the scan treats what landed as local changes
+        for v in intended:
+            if v.deleted:
+                if _lstat_key(self.root, v.path) is None:
+                    landed.append((v, None))
+                continue
+            if v.kind is not Kind.FILE:
+                continue
+            try:
+                digest, stat = hash_file(self.root / v.path)
+            except (OSError, UnstableFile):
+                continue
+            if digest == v.hash:
+                landed.append((v, LocalStat(stat.size, stat.mtime_ns, stat.inode)))
+        if landed:
+            for rec in self.index.put(self.id, landed):
+                self._remember(rec)
+            log.info("folder %s: %d change(s) applied just before a crash recorded", self.id,
+                     len(landed))
+        self._set_intent([])
 
     def _apply_decided(
         self,

@@ -557,13 +557,18 @@ class TornChecker:
             self.passes += 1
 
 
-def fs_gaps(changes: list[dict[str, Any]], writer: Writer,
-            killer: Killer) -> tuple[dict[str, Any], dict[str, list[tuple[float, float]]]]:
+def fs_gaps(changes: list[dict[str, Any]], writer: Writer, killer: Killer,
+            b_log: str) -> tuple[dict[str, Any], dict[str, list[tuple[float, float]]]]:
     """From prober.py's log of B's folder: per DAG id (through the writer's path -> ids
     model), the intervals when no file held it although the writer had not deleted it
     (gaps) and when two files held it at once (overlaps). On A a rename is one atomic
     rename(2), so A never shows either: a gap hands Airflow a listing without the DAG, an
-    overlap makes DagBag refuse the second file (AirflowDagDuplicatedIdException)."""
+    overlap makes DagBag refuse the second file (AirflowDagDuplicatedIdException).
+
+    The prober's own listing walks directory by directory, so an atomic move between two
+    directories can look like a gap or an overlap of about one listing: a window that
+    follows a rename B's agent applied as one move (its log says so) and lasts no more
+    than two listings is counted as the prober's artifact, not as a window."""
     events_by_id: dict[str, list[dict[str, Any]]] = {}
     for ev in writer.events:
         for i in ev["ids"]:
@@ -606,17 +611,28 @@ def fs_gaps(changes: list[dict[str, Any]], writer: Writer,
                 killed = any(a <= t and b >= began for a, b in killer.windows)
                 gaps.append({"dag_id": i, "t": round(began, 4), "seconds": round(t - began, 4),
                              "b_killed_meanwhile": killed, "writer_ops": recent(i, began)})
-                by_id.setdefault(i, []).append((began, t))
             if before < 2 <= after:
                 open_ov[i] = t
             if after < 2 <= before and i in open_ov:
                 began = open_ov.pop(i)
                 overlaps.append({"dag_id": i, "t": round(began, 4),
                                  "seconds": round(t - began, 4),
+                                 "b_killed_within_2s": any(began - 2 <= b_up and a <= t
+                                                           for a, b_up in killer.windows),
                                  "writer_ops": recent(i, began)})
     ended_by_delete = [i for i in open_gap if i in writer.id_deleted]
     for i in ended_by_delete:
         by_id.setdefault(i, []).append((open_gap[i], writer.id_deleted[i]))
+    period = ((changes[-1]["t"] - changes[0]["t"]) / listings
+              if listings and len(changes) > 1 else 0.0)
+    times = [ev["t"] for ev in writer.events]
+    for w in gaps + overlaps:
+        annotate_window(w, times, b_log, period)
+    artifacts = [w for w in gaps + overlaps if w.get("probe_artifact")]
+    gaps = [g for g in gaps if not g.get("probe_artifact")]
+    overlaps = [o for o in overlaps if not o.get("probe_artifact")]
+    for g in gaps:
+        by_id.setdefault(g["dag_id"], []).append((g["t"], g["t"] + g["seconds"]))
 
     def stats(xs: list[float]) -> dict[str, float]:
         xs = sorted(xs)
@@ -630,8 +646,8 @@ def fs_gaps(changes: list[dict[str, Any]], writer: Writer,
     killed = [g["seconds"] for g in gaps if g["b_killed_meanwhile"]]
     report = {
         "listings": listings,
-        "seconds_per_listing": (round((changes[-1]["t"] - changes[0]["t"]) / listings, 5)
-                                if listings and len(changes) > 1 else None),
+        "seconds_per_listing": round(period, 5) if period else None,
+        "probe_artifacts_excluded": len(artifacts),
         "gaps": len(gaps),
         "gaps_without_a_kill": len(plain), "durations_without_a_kill": stats(plain),
         "gaps_across_a_kill": len(killed), "durations_across_a_kill": stats(killed),
@@ -831,6 +847,27 @@ def log_counts(node: TestNode) -> dict[str, Any]:
             "error_samples": sample(errs)}
 
 
+def annotate_window(sample: dict[str, Any], times: list[float], b_log: str,
+                    period: float) -> None:
+    """For a gap or overlap that follows a rename: how B's agent applied that rename (one
+    move, or a delete and a create in separate steps), and how busy the writer was."""
+    renames = [o for o in sample.get("writer_ops", []) if o["op"] == "rename"]
+    if not renames:
+        return
+    old, new = renames[-1]["path"], renames[-1]["to"]
+    if f"moved {old} to {new}" in b_log:
+        how = "one move on B"
+    elif f"deleted {old} from" in b_log and f"updated {new} from" in b_log:
+        how = "B deleted the old name and fetched the new one in separate steps"
+    else:
+        how = "not found in B's log"
+    t = sample["t"] - renames[-1]["seconds_before"]
+    sample["b_applied_rename_as"] = how
+    sample["writer_changes_within_1s"] = sum(1 for x in times if abs(x - t) <= 0.5)
+    if how == "one move on B" and sample["seconds"] <= 2 * period:
+        sample["probe_artifact"] = True
+
+
 def read_rounds(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -954,7 +991,8 @@ def main() -> int:
         for proc in watchers.values():
             proc.wait(120)
         rounds = {name: read_rounds(work / f"rounds_{name}.jsonl") for name in watched}
-        gaps_report, gaps_by_id = fs_gaps(read_rounds(changes_file), writer, killer)
+        gaps_report, gaps_by_id = fs_gaps(read_rounds(changes_file), writer, killer,
+                                          b.log.read_text(errors="replace"))
         # For a later look at a kept work dir: the writer's every step, on the same clock.
         (work / "writer_events.json").write_text(json.dumps(
             {"monotonic_to_wall": time.time() - time.monotonic(), "events": writer.events,

@@ -86,7 +86,8 @@ def one_round(folder: str, index: int) -> dict[str, Any]:
             "last_line": lines[-1] if lines else "",
             "text": str(text)[-2000:],
             "exists": os.path.exists(path),
-            "sha256": _sha256(path),
+            # what the file held when DagBag came to it, else what it holds now
+            "sha256": at_parse.get(path) or _sha256(path),
         }
     loaded = {dag.fileloc for dag in bag.dags.values()}
     no_dag = {rel(path): digest for path, digest in at_parse.items()
