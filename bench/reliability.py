@@ -862,26 +862,31 @@ def soak_findings(soak: dict[str, Any]) -> list[str]:
             f"B's folder held no file with a DAG {g['gaps']} times although the writer had "
             f"not deleted it ({fmt_ms(g['durations_without_a_kill'])} without a kill, "
             f"{g['gaps_across_a_kill']} across a kill); {p['vanished_dagsync_causes']} "
-            "DagBag listings on B fell in one. Airflow's DAG file processor lists the "
+            "DagBag listings on B fell in one. Within one batch B puts new files in place "
+            "before it deletes (`FolderEngine._apply_locked`), so a gap means the old name's "
+            "delete was applied in an earlier batch than the new name: the two halves of the "
+            "rename reached B apart (how B applied each one is noted below). Airflow's DAG "
+            "file processor lists the "
             "folder every `dag_dir_list_interval` (300 s by default), deactivates DAGs whose "
             "file is not in the list and parses only listed files, so a listing taken in a "
             "gap drops the DAG until the next listing. Longest: "
             + " | ".join(f"`{x['dag_id']}` ({x['seconds'] * 1000:.1f} ms): {_ops(x)}"
                          for x in samples) + ".")
-    out.append(
-        "**dagsync bug: a SIGKILL while the receiver applies a batch makes its restart take "
-        "dagsync's own writes for local edits.** `FolderEngine._commit` (dagsync/engine.py) "
-        "records applied versions in the index only after `fsio.commit` / `fsio.move_file` "
-        "/ `fsio.remove_file` changed the folder; killed in between, the restarted agent "
-        "finds the folder ahead of its index and, on a receive-only folder, "
-        "`_refuse_local_edits` logs `local edit of X on a receive-only folder: not "
-        "published, kept in the conflict archive`, stores a copy in the conflict archive "
-        "(listed by `dagsync conflicts` as lost by this node; unseen conflicts make "
-        "`status` report degraded), and removes files its index has no record of until "
-        "they are fetched again (a DAG Airflow already had disappears for a while)"
-        + (f". Seen {local} times in this soak." if local else
-           ". Not hit in this soak.")
-        + " `bench/airflow_soak/repro_receiver.py` hits it on every trial.")
+    if local:
+        out.append(
+            f"**B's agent reported {local} local changes on its receive-only folder, which "
+            "nobody edits**: dagsync's own applies, cut off by a SIGKILL before the index "
+            "recorded them, taken for local edits after the restart (logged as `local edit "
+            "of X on a receive-only folder`, archived as conflicts this node lost, and for "
+            "files the index did not know yet removed until fetched again). See B's log "
+            "samples in the results file; `repro_receiver.py` (kill during updates and "
+            "creates) reproduces it.")
+    else:
+        out.append(
+            f"After each of the {soak['kills']} SIGKILLs B's restarted agent reported no "
+            "local change on its receive-only folder and archived nothing: what a kill cut "
+            "off mid-apply was recorded, not taken for a local edit (also exercised by "
+            "`repro_receiver.py`'s kills during a batch of updates and of new files).")
     if p["vanished_dagbag_race"]:
         out.append(
             f"{p['vanished_dagbag_race']} times a DAG was missing from one DagBag round on "
