@@ -835,6 +835,16 @@ def _ops(sample: dict[str, Any]) -> str:
     return text
 
 
+def _distinct(samples: list[dict[str, Any]], n: int = 3) -> list[dict[str, Any]]:
+    """One sample per event: the DAGs of one file share a window."""
+    out, seen = [], set()
+    for x in samples:
+        if x["t"] not in seen:
+            seen.add(x["t"])
+            out.append(x)
+    return out[:n]
+
+
 def soak_findings(soak: dict[str, Any]) -> list[str]:
     p, g = soak["parse"], soak["fs_gaps_b"]
     local = soak.get("agent_logs", {}).get("b", {}).get("receive_only_local_changes", 0)
@@ -845,9 +855,10 @@ def soak_findings(soak: dict[str, Any]) -> list[str]:
                    "started after the change ran the new code.")
     dup = p["import_errors_by_kind"].get("duplicate_dag_id", 0)
     if dup or g["overlaps"]:
-        samples = g.get("overlap_samples", [])[:3]
+        samples = _distinct(g.get("overlap_samples", []))
         out.append(
             f"B's folder held a DAG's file under two names at once {g['overlaps']} times "
+            "(per DAG id) "
             f"({fmt_ms(g['overlap_durations'])}); {dup} DagBag rounds on B failed with "
             "`AirflowDagDuplicatedIdException` (Airflow shows it as an import error). A "
             "rename on A is one rename(2); dagsync moves B's copy with one rename(2) only "
@@ -857,9 +868,10 @@ def soak_findings(soak: dict[str, Any]) -> list[str]:
             "done: " + " | ".join(f"`{x['dag_id']}` ({x['seconds'] * 1000:.1f} ms): {_ops(x)}"
                                   for x in samples) + ".")
     if g["gaps"] or p["vanished_dagsync_causes"]:
-        samples = g.get("longest_gaps", g.get("samples", []))[:3]
+        samples = _distinct(g.get("longest_gaps", g.get("samples", [])))
         out.append(
-            f"B's folder held no file with a DAG {g['gaps']} times although the writer had "
+            f"B's folder held no file with a DAG {g['gaps']} times (per DAG id) although "
+            "the writer had "
             f"not deleted it ({fmt_ms(g['durations_without_a_kill'])} without a kill, "
             f"{g['gaps_across_a_kill']} across a kill); {p['vanished_dagsync_causes']} "
             "DagBag listings on B fell in one. Within one batch B puts new files in place "
