@@ -65,6 +65,8 @@ def _bench_module(name: str) -> Any:
 
 
 _bench_module("common")
+anchors = _bench_module("anchors")
+wire = _bench_module("wire")
 from common import (  # noqa: E402  (loaded by path just above)
     CLK_TCK,
     PROCS,
@@ -348,16 +350,36 @@ def identical(diff: dict[str, int]) -> bool:
     return diff["missing"] == diff["extra"] == diff["content_differs"] == 0
 
 
+# Trees the benchmark is done with are renamed aside, never deleted mid-run: ext4 will not
+# reuse an inode freed in the last 60-300 s (recently_deleted() in its inode allocator), so
+# after `rm -r` of a 5,000-file target every create scans past the freed inodes -- we
+# measured creates 16x slower for minutes afterwards. Deleting between timed runs made
+# each run pay for the previous one's cleanup. Retired trees are removed at exit.
+RETIRED: list[Path] = []
+
+
+def retire(d: Path) -> None:
+    """Move `d` out of the way (one rename); it is deleted when the benchmark ends."""
+    if not d.exists():
+        return
+    dest = d.with_name(f".retired-{d.name}-{len(RETIRED)}-{os.getpid()}")
+    d.rename(dest)
+    RETIRED.append(dest)
+
+
+def remove_retired() -> None:
+    while RETIRED:
+        shutil.rmtree(RETIRED.pop(), ignore_errors=True)
+
+
 def copy_tree(src: Path, dst: Path) -> None:
-    if dst.exists():
-        shutil.rmtree(dst)
+    retire(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     run_cmd(["cp", "-a", os.fspath(src), os.fspath(dst)])
 
 
 def empty_dir(d: Path) -> None:
-    if d.exists():
-        shutil.rmtree(d)
+    retire(d)
     d.mkdir(parents=True)
 
 
@@ -539,7 +561,7 @@ class Node:
         self.global_args: list[str] = []  # e.g. ["--log-format", "json"] (bench/profile.py)
         self.env: dict[str, str] | None = None  # extra environment for the agent
         if base.exists():
-            shutil.rmtree(base)
+            retire(base)
         self.dags.mkdir(parents=True)
         self.public_key = public_key_line(generate_node_key(self.key))
 
@@ -565,8 +587,7 @@ class Node:
         """Empty folder and a fresh state dir (a brand-new node with the same key)."""
         assert self.proc is None or self.proc.poll() is not None
         empty_dir(self.dags)
-        if self.state.exists():
-            shutil.rmtree(self.state)
+        retire(self.state)
 
     def start(self) -> subprocess.Popen[bytes]:
         assert self.proc is None or self.proc.poll() is not None
@@ -663,8 +684,11 @@ def wait_converged(targets: list[Node], ref: dict[str, tuple[int, str, int, int]
 
 
 def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
-                  sshd: SSHD) -> None:
-    base = work / "initial"
+                  sshd: SSHD, key: str = "initial", oneshot: bool = True,
+                  with_anchors: bool = True) -> None:
+    """Initial sync to an empty peer; per run, interleaved: rsync over ssh, unison and
+    Syncthing (with_anchors), dagsync agent -> agent, dagsync one-shot (oneshot)."""
+    base = work / key
     a, b = Node("a", base / "a"), Node("b", base / "b")
     mesh([a, b])
     copy_tree(corpus_dir, a.dags)
@@ -678,10 +702,33 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
     cpu_secs: dict[str, list[float]] = {"rsync": [], "agent": [], "oneshot": []}
     meta: dict[str, Any] = {}
     out: dict[str, Any] = {"files": len(ref)}
+    anc: dict[str, Any] = {}
+    st_pair = None
+    uni = None
+    if with_anchors:
+        anc_ref = anchors.tree(a.dags)
+        uni = anchors.Unison(base / "unison", sshd.cfg)
+        st_pair, st_scan = anchors.initial_syncthing_setup(base / "syncthing", corpus_dir,
+                                                          len(anc_ref))
+        anc = {"unison": {"initial_s": []}, "syncthing": {"initial_s": [],
+                                                          "a_first_scan_s": st_scan}}
+        log(f"(a) Syncthing A scanned {len(anc_ref)} files in {st_scan:.2f} s (not timed)")
     a.start()
     out["a_first_index_s"] = a.wait_ready()
     log(f"(a) A indexed {len(ref)} files in {out['a_first_index_s']:.2f} s (agent start)")
     for i in range(runs):
+        if uni is not None and st_pair is not None:
+            dst = base / "unison-target"
+            uni.reset(dst)
+            t = uni.run(a.dags, dst)
+            if anchors.tree(dst) != anc_ref:
+                raise BenchError(f"unison run {i + 1}: target differs from A")
+            anc["unison"]["initial_s"].append(t)
+            log(f"(a) run {i + 1}/{runs} unison over ssh: {t:.3f} s")
+            t = anchors.initial_syncthing_run(st_pair, anc_ref)["seconds"]
+            anc["syncthing"]["initial_s"].append(t)
+            log(f"(a) run {i + 1}/{runs} Syncthing A -> new B: {t:.3f} s")
+
         # rsync -a --delete over ssh to an empty target
         empty_dir(rsync_dst)
         cmd = sshd.rsync_cmd(a.dags, rsync_dst)
@@ -721,6 +768,8 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
             f"{marks.get('b_ready_s', 0):.2f} s, first file {marks.get('first_file_s', 0):.2f}"
             f" s; {c} full compare(s)); others' CPU {cpu['agent'][-1]['others_pct']} %")
 
+        if not oneshot:
+            continue
         # dagsync one-shot `sync` on A (no agent there) -> agent on empty B
         a.stop()
         b.stop()
@@ -762,6 +811,12 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
     # rsync no-change (reference), target already complete
     noch = [timed_rsync(sshd.rsync_cmd(a.dags, rsync_dst), rsync_log)[0] for _ in range(5)]
     a.stop()
+    b.stop()
+    if st_pair is not None:
+        st_pair.stop()
+        for k in anc:
+            anc[k]["initial_s"] = stats(anc[k]["initial_s"])
+        out["anchors"] = anc
     out["rsync_ssh"] = {"initial_s": stats(rs), "nochange_s": stats(noch),
                         "command": " ".join(sshd.rsync_cmd(Path("A"), Path("B"))),
                         "cpu_per_run": cpu["rsync"], "cpu_s": stats(cpu_secs["rsync"])}
@@ -777,11 +832,13 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
                               "cpu_s": stats(cpu_secs["oneshot"])}
     for k in ("dagsync_agent", "dagsync_oneshot"):
         m = out[k]["initial_s"]
+        if not m.get("n"):
+            continue
         out[k]["ratio_vs_rsync"] = {
             "median": m["median"] / out["rsync_ssh"]["initial_s"]["median"],
             "min": m["min"] / out["rsync_ssh"]["initial_s"]["min"],
         }
-    res["initial"].update(out)
+    res[key].update(out)
 
 
 # ---------------------------------------------------------------------------- (b) rescan
@@ -849,7 +906,7 @@ def bench_rescan(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
     noch = [timed_rsync(sshd.rsync_cmd(folder, dst), lg)[0] for _ in range(runs)]
     out["rsync_ssh_nochange_s"] = stats(noch)
     log(f"(b) rsync over ssh, no change, {files} files: median {statistics.median(noch):.3f} s")
-    shutil.rmtree(dst)
+    retire(dst)
     res["rescan"].update(out)
 
 
@@ -1711,6 +1768,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     load_dagsync(snapshot_source(work / "src", args.source))
     PROCS.pidfile = work / "pids"
+    atexit.register(remove_retired)  # runs last: after the agents are stopped
+    RETIRED.extend(work.glob("*/.retired-*"))  # left by an interrupted run
     atexit.register(PROCS.stop_all)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
