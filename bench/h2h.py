@@ -351,10 +351,17 @@ def extrapolation(res: dict[str, Any], files: int) -> str:
         r_big = max(v["VmRSS"] for v in idle["mem_kib"].values()) / 1024
         r_small = max(v["VmRSS"] for v in small.values()) / 1024
         slope = (r_big - r_small) / (n_big - n_small)
-        parts.append(f"dagsync's idle RSS per node was {r_small:.0f} MiB at {n_small:,} files "
-                     f"and {r_big:.0f} MiB at {n_big:,} in this run, i.e. "
-                     f"~{slope * 1024 * 1024:,.0f} bytes per file: ~"
-                     f"{r_big + slope * (files - n_big):.0f} MiB at {files:,} files if linear")
+        if slope <= 0:
+            parts.append(f"dagsync's idle RSS per node was {r_big:.0f} MiB at {n_big:,} files "
+                         f"({r_small:.0f} MiB at {n_small:,}, read sooner after its initial "
+                         "sync: no per-file slope to extrapolate from)")
+        else:
+            parts.append(f"dagsync's idle RSS per node was {r_small:.0f} MiB at {n_small:,} "
+                         f"files and {r_big:.0f} MiB at {n_big:,} in this run, i.e. "
+                         f"~{slope * 1024 * 1024:,.0f} bytes per file: ~"
+                         f"{r_big + slope * (files - n_big):.0f} MiB at {files:,} files if "
+                         "linear (an upper bound: the smaller figure was read sooner after its "
+                         "initial sync)")
     rsc = res.get("rescan") or {}
     if rsc.get("scan_all_s", {}).get("n"):
         t = rsc["scan_all_s"]["median"] * files / rsc["files"]
