@@ -1908,7 +1908,7 @@ def main() -> int:
         PROCS.stop_all()
         res["error"] = f"{type(exc).__name__}: {exc}"
         res["traceback"] = traceback.format_exc()
-        failed = RESULTS_DIR / f"{stamp}-FAILED.json"
+        failed = out_path.parent / f"{stamp}-FAILED.json"
         with contextlib.suppress(Exception):
             write_outputs(res, failed, doc=None)
         if isinstance(exc, SystemExit):
