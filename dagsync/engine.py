@@ -52,6 +52,7 @@ APPLY_CHUNK = 512  # files written and recorded per step; the next chunk is fetc
 SMALL_FILE = 256 * 1024  # files up to this size travel in batches
 BATCH_FILES = 64
 BATCH_BYTES = 2 * 1024 * 1024
+LOG_EACH_UP_TO = 20  # applied files logged one per line; more make one summary line
 MAX_AHEAD_MS = 24 * 3600 * 1000  # a peer clock further ahead than this is not followed
 
 
@@ -250,12 +251,33 @@ class FolderEngine:
         return ScanSummary(count, len(result.problems), result.duration_s)
 
     async def scan_some(self, paths: Iterable[str]) -> int:
-        wanted = list(paths)
+        wanted = await asyncio.to_thread(self._maybe_changed, list(paths))
+        if not wanted:
+            return 0
         async with self.lock:
             count = await asyncio.to_thread(self._scan_and_register, wanted)
         if count:
             await self._notify()
         return count
+
+    def _maybe_changed(self, paths: list[str]) -> list[str]:
+        """The paths whose file no longer matches its record, before taking the lock: a
+        receiver's watcher reports every file an apply wrote, and those match exactly
+        (the same test scan_paths makes, so nothing it would report is dropped)."""
+        out = []
+        for path in paths:
+            k = self.known_stat(path)
+            if k is not None:
+                try:
+                    st = os.lstat(os.path.join(self.root, path))
+                except OSError:
+                    out.append(path)
+                    continue
+                if ((k.size, k.mtime_ns, k.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+                        and k.mode in (-1, st.st_mode & 0o7777)):
+                    continue
+            out.append(path)
+        return out
 
     def _scan_and_register(self, paths: list[str]) -> int:
         result = scan_paths(self.root, paths, self, self.ignore, self.max_file_size)
@@ -524,12 +546,13 @@ class FolderEngine:
         staged: list[tuple[fsio.StagedWrite, FileVersion]],
         done: list[tuple[FileVersion, LocalStat | None]],
         outcome: BatchOutcome,
+        dirs: fsio.Dirs | None = None,
     ) -> None:
         """Make staged files visible at once (one syncfs), then record everything done."""
         if staged:
             failed: dict[str, Exception] = {}
             try:
-                fsio.commit([s for s, _ in staged])
+                fsio.commit([s for s, _ in staged], dirs)
             except fsio.CommitError as exc:
                 failed = exc.failed
             except OSError as exc:
@@ -539,9 +562,9 @@ class FolderEngine:
                 reason = getattr(err, "strerror", None) or str(err)
                 outcome.failed.append((path, reason))
                 log.error("folder %s: cannot write %s: %s", self.id, path, reason)
-            for _, v in staged:
-                if v.path not in failed:
-                    done.append((v, _stat_of(self.root, v.path)))
+            for st, v in staged:
+                if v.path not in failed:  # the committed file is the staged inode
+                    done.append((v, LocalStat(v.size, st.mtime_ns, st.inode)))
         if not done:
             return
         for version, _ in done:
@@ -555,16 +578,18 @@ class FolderEngine:
 
     # --- remote changes --------------------------------------------------------------
 
-    def screen(self, remote: FileVersion) -> str | None:
-        """Why a remote entry must be refused, or None. SPEC guarantee 8."""
+    def screen(
+        self, remote: FileVersion, dirs_ignored: dict[str, bool] | None = None
+    ) -> str | None:
+        """Why a remote entry must be refused, or None. SPEC guarantee 8. `dirs_ignored`
+        remembers directory answers over a batch (thousands of entries, a few dirs)."""
         try:
             check_relpath(remote.path)
         except PathRefused as exc:
             return str(exc)
-        parts = remote.path.split("/")
-        for i in range(1, len(parts)):
-            if self.ignore.ignored("/".join(parts[:i]), True):
-                return "inside an ignored directory"
+        if self._in_ignored_dir(remote.path.rpartition("/")[0], {} if dirs_ignored is None
+                                else dirs_ignored):
+            return "inside an ignored directory"
         if self.ignore.ignored(remote.path, False):
             return "ignored name"
         if remote.deleted:
@@ -577,10 +602,22 @@ class FolderEngine:
             return "malformed content hash"
         return None
 
+    def _in_ignored_dir(self, reldir: str, memo: dict[str, bool]) -> bool:
+        if not reldir:
+            return False
+        known = memo.get(reldir)
+        if known is None:
+            known = memo[reldir] = (
+                self._in_ignored_dir(reldir.rpartition("/")[0], memo)
+                or self.ignore.ignored(reldir, True)
+            )
+        return known
+
     def plan(self, entries: Iterable[FileVersion], outcome: BatchOutcome) -> list[Planned]:
         planned = []
+        dirs_ignored: dict[str, bool] = {}
         for remote in entries:
-            reason = self.screen(remote)
+            reason = self.screen(remote, dirs_ignored)
             if reason is not None:
                 outcome.refused.append((remote.path, reason))
                 continue
@@ -613,12 +650,17 @@ class FolderEngine:
         fetching = loop.create_task(self._fetch_all(chunks[0], fetch, outcome))
         try:
             for i, chunk in enumerate(chunks):
+                waited = time.perf_counter()
                 contents = await fetching
                 if i + 1 < len(chunks):
                     fetching = loop.create_task(self._fetch_all(chunks[i + 1], fetch, outcome))
+                started = time.perf_counter()
                 async with self.lock:
                     changed = await asyncio.to_thread(self._apply_locked, chunk, contents,
                                                       outcome)
+                log.debug("folder %s: chunk %d/%d of %d file(s): waited %.3f s for content, "
+                          "applied in %.3f s", self.id, i + 1, len(chunks), len(chunk),
+                          started - waited, time.perf_counter() - started)
                 if changed:
                     await self._notify()
         finally:
@@ -686,8 +728,9 @@ class FolderEngine:
         # A file edited locally since we recorded it is a local change: register it
         # first, so deciding against it archives it instead of overwriting it unseen.
         # Paths with no record and nothing on disk need no look (an empty peer's case).
+        on_disk = _Listing(self.root)
         present = [p.remote.path for p in planned
-                   if p.remote.path in self.records or os.path.lexists(self.root / p.remote.path)]
+                   if p.remote.path in self.records or on_disk.has(p.remote.path)]
         registered = self._register(
             scan_paths(self.root, present, self, self.ignore, self.max_file_size), present
         ) if present else 0
@@ -710,8 +753,9 @@ class FolderEngine:
         self._set_intent([a.result for _, _, a in decided
                           if a.result is not None and a.kind is not ActionKind.KEEP])
         creates = [d for d in decided if d[2].kind is not ActionKind.DELETE]
-        self._apply_decided(creates, contents, staged, done, outcome, movable)
-        self._commit(staged, done, outcome)
+        with fsio.Dirs(self.root) as dirs:  # closed before any delete removes a directory
+            self._apply_decided(creates, contents, staged, done, outcome, movable, dirs)
+            self._commit(staged, done, outcome, dirs)
         gone: list[tuple[FileVersion, LocalStat | None]] = []
         deletes = [d for d in decided if d[2].kind is ActionKind.DELETE]
         self._apply_decided(deletes, contents, [], gone, outcome, movable)
@@ -720,10 +764,21 @@ class FolderEngine:
         done += gone
         if not done:
             return registered > 0  # a local edit found just now is news too
-        for v, _ in done:
-            log.info("folder %s: %s %s from %s", self.id,
-                     "deleted" if v.deleted else "updated", v.path, v.origin)
+        self._log_applied([v for v, _ in done])
         return True
+
+    def _log_applied(self, versions: list[FileVersion]) -> None:
+        """One line per file for the everyday trickle; one summary line for a bulk
+        round (an initial sync of thousands of DAGs), with the files at DEBUG."""
+        bulk = len(versions) > LOG_EACH_UP_TO
+        for v in versions:
+            log.log(logging.DEBUG if bulk else logging.INFO, "folder %s: %s %s from %s",
+                    self.id, "deleted" if v.deleted else "updated", v.path, v.origin)
+        if bulk:
+            deleted = sum(1 for v in versions if v.deleted)
+            origins = ", ".join(sorted({v.origin for v in versions}))
+            log.info("folder %s: %d file(s) updated, %d deleted, from %s", self.id,
+                     len(versions) - deleted, deleted, origins)
 
     def _set_intent(self, versions: list[FileVersion]) -> None:
         key = f"intent:{self.id}"
@@ -769,6 +824,7 @@ class FolderEngine:
         done: list[tuple[FileVersion, LocalStat | None]],
         outcome: BatchOutcome,
         movable: dict[str, list[str]],
+        dirs: fsio.Dirs | None = None,
     ) -> None:
         for p, local, action in decided:
             result = action.result
@@ -793,7 +849,7 @@ class FolderEngine:
                         result, _stat_of(self.root, result.path))
                     log.info("folder %s: moved %s to %s", self.id, src, result.path)
                 else:
-                    item = self._apply_one(action, result, contents, staged)
+                    item = self._apply_one(action, result, contents, staged, dirs)
             except PathRefused as exc:
                 outcome.refused.append((result.path, str(exc)))
                 log.warning("folder %s: refused remote entry %r: %s", self.id, result.path, exc)
@@ -812,6 +868,7 @@ class FolderEngine:
         result: FileVersion,
         contents: dict[str, bytes],
         staged: list[tuple[fsio.StagedWrite, FileVersion]],
+        dirs: fsio.Dirs | None = None,
     ) -> tuple[FileVersion, LocalStat | None] | None:
         if action.kind is ActionKind.DELETE:
             fsio.remove_file(self.root, result.path)
@@ -828,7 +885,7 @@ class FolderEngine:
         if data is None or content_hash(data) != result.hash:
             raise OSError(0, "content not available (changed during the round)")
         staged.append((fsio.stage_file(self.root, result.path, data, result.mode,
-                                       result.mtime_ns, self.temp_dir), result))
+                                       result.mtime_ns, self.temp_dir, dirs), result))
         return None
 
     def _archive(self, loser: FileVersion, winner: FileVersion) -> None:
@@ -850,12 +907,14 @@ class FolderEngine:
         """A receive-only folder announces only the cluster's versions it applied."""
         return not (self.cfg.mode is FolderMode.RECEIVE_ONLY and v.origin == self.node)
 
-    def read_for_peer(self, path: str, want_hash: str, offset: int, size: int) -> bytes | None:
+    def read_for_peer(
+        self, path: str, want_hash: str, offset: int, size: int, dirs: fsio.Dirs | None = None
+    ) -> bytes | None:
         """Content for a peer's Request, or None when we no longer hold that version."""
         v = self.version(path)
         if v is None or v.deleted or v.hash != want_hash or v.kind is not Kind.FILE:
             return None
-        return fsio.read_range(self.root, path, offset, size)
+        return fsio.read_range(self.root, path, offset, size, dirs)
 
 
 def _conflict_key(loser: FileVersion, winner: FileVersion) -> tuple[str, str, str, bool]:
@@ -868,6 +927,26 @@ def _with_mode(rec: Record) -> Record:
     if s is None or s.mode == rec.version.mode:
         return rec
     return replace(rec, stat=LocalStat(s.size, s.mtime_ns, s.inode, rec.version.mode))
+
+
+class _Listing:
+    """Which names exist on disk, one listdir per directory instead of a stat per path
+    (an empty peer receiving thousands of files asks about every one)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._names: dict[str, frozenset[str]] = {}
+
+    def has(self, path: str) -> bool:
+        parent, _, name = path.rpartition("/")
+        names = self._names.get(parent)
+        if names is None:
+            try:
+                names = frozenset(os.listdir(self.root / parent))
+            except OSError:
+                names = frozenset()
+            self._names[parent] = names
+        return name in names
 
 
 def _same_device(a: Path, b: Path) -> bool:

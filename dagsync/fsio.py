@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import logging
 import os
 import secrets
@@ -32,17 +33,38 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-@dataclass(frozen=True)
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once: a file created with mode m gets m & ~umask
+
+
+@dataclass(frozen=True, slots=True)
 class StagedWrite:
     """A file written under its temp name, waiting for commit() to make it visible."""
 
     root: Path
     relpath: str
-    temp_path: Path
-    final_path: Path
+    temp_name: str
+    temp_dir: Path | None  # the private temp dir it was written in; None: beside relpath
     mode: int
-    mtime_ns: int
-    in_temp_dir: bool = False  # written in a private temp dir, not beside the final path
+    mtime_ns: int  # as the file system stored it
+    inode: int = 0  # the temp's inode, which the committed file keeps
+
+    @property
+    def in_temp_dir(self) -> bool:
+        return self.temp_dir is not None
+
+    @property
+    def final_path(self) -> Path:
+        return self.root / self.relpath
+
+    @property
+    def temp_path(self) -> Path:
+        return (self.temp_dir or self.final_path.parent) / self.temp_name
 
 
 class CommitError(OSError):
@@ -127,6 +149,77 @@ def _parent(root: Path, relpath: str, *, create: bool) -> Iterator[int]:
         os.close(fd)
 
 
+class Dirs:
+    """The confined directory fds of one folder, each opened once for a batch.
+
+    Walking a file's parents costs two syscalls per level, per file; a batch of files in
+    a few directories opens each directory once (O_DIRECTORY|O_NOFOLLOW, one level at a
+    time from the root, as _walk does). An fd keeps naming the directory it was opened
+    on, so a swap of a parent for a symlink after the walk still cannot redirect a write
+    outside the folder. Use it for one batch and close it before removing directories,
+    so nothing is written into a directory removed meanwhile.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fds: dict[str, int] = {}
+        self._others: dict[Path, int] = {}
+
+    def __enter__(self) -> Dirs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd in [*self._fds.values(), *self._others.values()]:
+            os.close(fd)
+        self._fds.clear()
+        self._others.clear()
+
+    def parent(self, relpath: str, *, create: bool) -> int:
+        """An fd of `relpath`'s parent directory (owned by this object: do not close)."""
+        return self.dir(relpath.rpartition("/")[0], relpath, create=create)
+
+    def dir(self, rel: str, relpath: str, *, create: bool) -> int:
+        fd = self._fds.get(rel)
+        if fd is not None:
+            return fd
+        if not rel:
+            fd = _open_root(self.root)
+        else:
+            up, _, name = rel.rpartition("/")
+            pfd = self.dir(up, relpath, create=create)
+            try:
+                fd = _open_child_dir(pfd, name, create)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise PathRefused(
+                        f"refused path {relpath!r}: parent {rel!r} is a symlink or "
+                        f"not a directory in {str(self.root)!r}"
+                    ) from None
+                raise
+        self._fds[rel] = fd
+        return fd
+
+    def other(self, path: Path) -> int:
+        """An fd of a directory outside the folder (the private temp dir), opened once."""
+        fd = self._others.get(path)
+        if fd is None:
+            fd = self._others[path] = os.open(path, _DIR_FLAGS)
+        return fd
+
+
+@contextlib.contextmanager
+def _dirs_for(root: Path, dirs: Dirs | None) -> Iterator[Dirs]:
+    """`dirs` when the caller batches, else a private Dirs for this one call."""
+    if dirs is not None:
+        yield dirs
+        return
+    with Dirs(root) as own:
+        yield own
+
+
 def _basename(relpath: str) -> str:
     return relpath.rsplit("/", 1)[-1]
 
@@ -190,64 +283,66 @@ def _fsync_at(dir_fd: int, name: str) -> None:
 # --- writes --------------------------------------------------------------------------
 
 
+_TOKEN_PREFIX = secrets.token_hex(6)  # random per process: concurrent writers never meet
+_token_counter = itertools.count()
+
+
+def _temp_token() -> str:
+    return f"{_TOKEN_PREFIX}{next(_token_counter):x}"
+
+
 def stage_file(
     root: Path, relpath: str, data: bytes, mode: int, mtime_ns: int,
-    temp_dir: Path | None = None,
+    temp_dir: Path | None = None, dirs: Dirs | None = None,
 ) -> StagedWrite:
     """Write `data` to a temp file with its final mode and mtime.
 
     The temp file goes in `temp_dir` when given (a private directory on the same file
-    system, so the synced folder sees one rename and no temp-file churn), else beside
+    system, so the synced folder sees one new name and no temp-file churn), else beside
     `relpath`. Missing parent directories are created (0o755, confined). Nothing is
     fsynced here: commit() makes a whole batch durable at once. On any failure the temp
-    is removed.
+    is removed. Pass the same `dirs` to a batch of calls and to commit() to open each
+    directory once.
     """
     name = _basename(relpath)
-    tmp = paths.temp_name(name, secrets.token_hex(8))
-    with _parent(root, relpath, create=True) as folder_pfd:
+    tmp = paths.temp_name(name, _temp_token())
+    with _dirs_for(root, dirs) as ds:
+        folder_pfd = ds.parent(relpath, create=True)
         st = _lstat_at(folder_pfd, name)
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "is a directory", str(root / relpath))
-        pfd = os.open(temp_dir, _DIR_FLAGS) if temp_dir is not None else folder_pfd
-        try:
-            fd = os.open(
-                tmp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=pfd,
-            )
-        except BaseException:
-            if pfd != folder_pfd:
-                os.close(pfd)
-            raise
+        pfd = ds.other(temp_dir) if temp_dir is not None else folder_pfd
+        perm = mode & 0o7777
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            perm if temp_dir is not None else 0o600, dir_fd=pfd,
+        )
         try:
             try:
                 _write_all(fd, data)
-                os.fchmod(fd, mode & 0o7777)
+                if temp_dir is None or perm & (0o7000 | _UMASK):  # open() left bits out
+                    os.fchmod(fd, perm)
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
+                written = os.fstat(fd)
             finally:
                 os.close(fd)
         except BaseException:
             _unlink_quietly(pfd, tmp)
             raise
-        finally:
-            if pfd != folder_pfd:
-                os.close(pfd)
-    parent = temp_dir if temp_dir is not None else (root / relpath).parent
-    return StagedWrite(root, relpath, parent / tmp, root / relpath, mode, mtime_ns,
-                       in_temp_dir=temp_dir is not None)
+    return StagedWrite(root, relpath, tmp, temp_dir, mode, written.st_mtime_ns,
+                       written.st_ino)
 
 
-def commit(staged: Sequence[StagedWrite]) -> None:
+def commit(staged: Sequence[StagedWrite], dirs: Dirs | None = None) -> None:
     """Make staged files durable, then visible, then make the renames durable.
 
     One syncfs(2) per file system covers every temp file (fsync of each file where
-    syncfs is unavailable); then each temp is renamed onto its final path (replacing a
-    file or symlink there, never following it); then each touched directory is fsynced
-    once. Parents are re-walked here, so a parent that became a symlink since staging is
-    refused. Files that fail lose their temp and are reported together in CommitError;
-    the rest of the batch is committed. At most one directory fd per file system is
-    open at a time (plus one), whatever the size of the batch.
+    syncfs is unavailable); then each temp is put in place (replacing a file or symlink
+    there, never following it); then one more syncfs makes the directory changes
+    durable. Parents are walked again unless `dirs` (the Dirs the files were staged
+    with) is given; either way a parent swapped for a symlink cannot redirect a file
+    outside the folder. Files that fail lose their temp and are reported together in
+    CommitError; the rest of the batch is committed.
     """
     failed: dict[str, Exception] = {}
     groups: dict[tuple[Path, str], list[StagedWrite]] = {}
@@ -259,65 +354,63 @@ def commit(staged: Sequence[StagedWrite]) -> None:
             failed[s.relpath] = e
         abort(group)
 
+    shared: dict[Path, Dirs] = {dirs.root: dirs} if dirs is not None else {}
+    own: list[Dirs] = []
+
+    def dirs_of(root: Path) -> Dirs:
+        ds = shared.get(root)
+        if ds is None:
+            ds = shared[root] = Dirs(root)
+            own.append(ds)
+        return ds
+
     # 1. durability: one syncfs per file system, else fsync file by file
     device_fd: dict[int, int] = {}
-    ready: list[list[StagedWrite]] = []
+    ready: list[tuple[int, list[StagedWrite]]] = []
     try:
         for group in groups.values():
             try:
-                fd = _walk(group[0].root, group[0].relpath, create=False, keep=False)[0]
+                pfd = dirs_of(group[0].root).parent(group[0].relpath, create=False)
             except (OSError, PathRefused) as e:
                 fail(group, e)
                 continue
-            dev = os.fstat(fd).st_dev
-            if dev in device_fd:
-                os.close(fd)
-            else:
-                device_fd[dev] = fd
-            ready.append(group)
+            device_fd.setdefault(os.fstat(pfd).st_dev, pfd)
+            ready.append((pfd, group))
         synced = {dev for dev, fd in device_fd.items() if _syncfs(fd)}
-        _rename_all(ready, synced, failed, fail)
+        _rename_all(ready, synced, failed, dirs_of)
         # 3. the renames themselves: one more syncfs instead of an fsync per directory
         for dev in synced:
             _syncfs(device_fd[dev])
     finally:
-        for fd in device_fd.values():
-            os.close(fd)
+        for ds in own:
+            ds.close()
     if failed:
         raise CommitError(failed)
 
 
 def _rename_all(
-    ready: list[list[StagedWrite]],
+    ready: list[tuple[int, list[StagedWrite]]],
     synced: set[int],
     failed: dict[str, Exception],
-    fail: Callable[[list[StagedWrite], Exception], None],
+    dirs_of: Callable[[Path], Dirs],
 ) -> None:
     """Step 2 of commit: visibility, directory by directory. Directories on a file system
     without syncfs are fsynced once each here."""
-    for group in ready:
-        try:
-            with _parent(group[0].root, group[0].relpath, create=False) as pfd:
-                need_fsync = os.fstat(pfd).st_dev not in synced
-                renamed = False
-                for s in group:
-                    src_fd = os.open(s.temp_path.parent, _DIR_FLAGS) if s.in_temp_dir else pfd
-                    try:
-                        if need_fsync:
-                            _fsync_at(src_fd, s.temp_path.name)
-                        _place(src_fd, s.temp_path.name, pfd, _basename(s.relpath),
-                               s.in_temp_dir)
-                        renamed = True
-                    except OSError as e:
-                        failed[s.relpath] = e
-                        _unlink_quietly(src_fd, s.temp_path.name)
-                    finally:
-                        if src_fd != pfd:
-                            os.close(src_fd)
-                if renamed and need_fsync:
-                    _fsync_dir_at(pfd)
-        except (OSError, PathRefused) as e:
-            fail([s for s in group if s.relpath not in failed], e)
+    for pfd, group in ready:
+        need_fsync = os.fstat(pfd).st_dev not in synced
+        renamed = False
+        for s in group:
+            try:
+                src_fd = dirs_of(s.root).other(s.temp_dir) if s.temp_dir is not None else pfd
+                if need_fsync:
+                    _fsync_at(src_fd, s.temp_name)
+                _place(src_fd, s.temp_name, pfd, _basename(s.relpath), s.in_temp_dir)
+                renamed = True
+            except OSError as e:
+                failed[s.relpath] = e
+                _abort_one(s)
+        if renamed and need_fsync:
+            _fsync_dir_at(pfd)
 
 
 def _place(src_fd: int, tmp: str, dst_fd: int, name: str, from_temp_dir: bool) -> None:
@@ -343,7 +436,7 @@ def _abort_one(s: StagedWrite) -> None:
         return
     try:
         with _parent(s.root, s.relpath, create=False) as pfd:
-            _unlink_quietly(pfd, s.temp_path.name)
+            _unlink_quietly(pfd, s.temp_name)
     except (FileNotFoundError, PathRefused):
         pass  # the directory is gone or no longer ours: nothing of ours to remove there
 
@@ -370,7 +463,7 @@ def make_symlink(root: Path, relpath: str, target: str) -> None:
     """
     if not paths.symlink_target_ok(relpath, target):
         raise PathRefused(f"refused symlink {relpath!r} -> {target!r}: target leaves the folder")
-    tmp = paths.temp_name(_basename(relpath), secrets.token_hex(8))
+    tmp = paths.temp_name(_basename(relpath), _temp_token())
     with _parent(root, relpath, create=True) as pfd:
         os.symlink(target, tmp, dir_fd=pfd)
         try:
@@ -460,14 +553,17 @@ def remove_file(root: Path, relpath: str) -> bool:
         return False  # a parent directory is already gone
 
 
-def read_range(root: Path, relpath: str, offset: int, size: int) -> bytes:
+def read_range(
+    root: Path, relpath: str, offset: int, size: int, dirs: Dirs | None = None
+) -> bytes:
     """Read up to `size` bytes at `offset` of a regular file, never through a symlink.
 
-    Returns fewer bytes only at end of file.
+    Returns fewer bytes only at end of file. `dirs` shares directory fds over a batch.
     """
     if offset < 0 or size < 0:
         raise ValueError(f"bad range {offset}+{size} for {relpath!r}")
-    with _parent(root, relpath, create=False) as pfd:
+    with _dirs_for(root, dirs) as ds:
+        pfd = ds.parent(relpath, create=False)
         try:
             fd = os.open(_basename(relpath), _READ_FLAGS, dir_fd=pfd)
         except OSError as e:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from dagsync import fsio
 from dagsync import protocol as p
 from dagsync.errors import DagsyncError, PeerClosed, ProtocolError, TransportError
 from dagsync.model import FileVersion
@@ -59,11 +60,35 @@ class FolderLink:
     retries: int = 0  # Resends since a batch last went through: the backoff step
     retry_pending: bool = False
     inbox: asyncio.Queue[p.Index] = field(default_factory=asyncio.Queue)
+    held: p.Index | None = None  # taken from the inbox but not contiguous with the last
     wake_sender: asyncio.Event = field(default_factory=asyncio.Event)
     would: list[tuple[str, str]] = field(default_factory=list)
     remote: dict[str, FileVersion] = field(default_factory=dict)  # dry run: their records
     # Versions this peer sent us on this connection: never worth sending back to it.
     echo: dict[str, FileVersion] = field(default_factory=dict)
+
+
+COALESCE_ENTRIES = 50_000  # most index entries merged into one apply round
+
+
+def _coalesce(link: FolderLink, msg: p.Index) -> p.Index:
+    """Merge the index batches already waiting into one apply round. A round pipelines
+    fetching with writing; starting one per batch stalls the pipeline at each batch (an
+    initial sync arrives as many batches). Only contiguous batches merge, so progress
+    still moves over contiguous ranges only."""
+    if link.inbox.empty():
+        return msg
+    entries = {e.path: e for e in msg.entries}
+    last, caught_up = msg.last_seq, msg.caught_up
+    while not link.inbox.empty() and len(entries) < COALESCE_ENTRIES:
+        nxt = link.inbox.get_nowait()
+        if nxt.from_seq > last:
+            link.held = nxt  # a gap: applied in its own round, after this one
+            break
+        entries.update((e.path, e) for e in nxt.entries)
+        last, caught_up = max(last, nxt.last_seq), nxt.caught_up
+    return p.Index(msg.folder, msg.index_id, tuple(entries.values()), last, caught_up,
+                   msg.from_seq)
 
 
 class PeerConnection:
@@ -322,12 +347,18 @@ class PeerConnection:
     def _read_batch(
         self, folder: FolderEngine, items: tuple[tuple[str, str], ...]
     ) -> list[tuple[int, bytes]]:
+        with fsio.Dirs(folder.root) as dirs:
+            return self._read_items(folder, items, dirs)
+
+    def _read_items(
+        self, folder: FolderEngine, items: tuple[tuple[str, str], ...], dirs: fsio.Dirs
+    ) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
         budget = p.BLOCK_SIZE
         for path, want in items:
             status, data = p.Status.OK, b""
             try:
-                got = folder.read_for_peer(path, want, 0, budget)
+                got = folder.read_for_peer(path, want, 0, budget, dirs)
                 if got is None:
                     status = p.Status.CHANGED
                 elif len(got) >= budget:
@@ -387,7 +418,8 @@ class PeerConnection:
         folder = link.folder
         fetch = self.fetcher(folder.id)
         while True:
-            msg = await link.inbox.get()
+            msg, link.held = link.held or await link.inbox.get(), None
+            msg = _coalesce(link, msg)
             if self.dry_run:
                 outcome = await folder.apply_batch(msg.entries, fetch, dry_run=True)
                 link.would.extend(outcome.would)

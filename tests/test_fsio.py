@@ -396,3 +396,43 @@ def test_staging_in_a_private_temp_dir_leaves_nothing_in_the_folder(
     aborted = fsio.stage_file(root, "other.py", b"x", 0o644, MTIME, private)
     fsio.abort([aborted])
     assert list(private.iterdir()) == [] and not (root / "other.py").exists()
+
+
+# --- batches sharing directory fds ----------------------------------------------------
+
+
+def test_batch_with_shared_dirs_commits_whole_files_and_reports_their_inode(
+    root: Path, tmp_path: Path
+) -> None:
+    private = tmp_path / "private-tmp"
+    private.mkdir()
+    with fsio.Dirs(root) as dirs:
+        staged = [fsio.stage_file(root, f"d{i % 2}/sub/{i}.py", b"%d" % i, 0o640, MTIME,
+                                  private, dirs) for i in range(6)]
+        fsio.commit(staged, dirs)
+    for i, s in enumerate(staged):
+        st = (root / s.relpath).stat()
+        assert (root / s.relpath).read_bytes() == b"%d" % i
+        assert (st.st_ino, st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == (s.inode, MTIME, 0o640)
+    assert list(private.iterdir()) == []
+
+
+def test_shared_dirs_never_follow_a_parent_swapped_for_a_symlink(
+    root: Path, outside: Path, tmp_path: Path
+) -> None:
+    """The fd opened at staging keeps naming the real directory: a swap to a symlink
+    after the walk moves nothing outside the folder."""
+    with fsio.Dirs(root) as dirs:
+        s = fsio.stage_file(root, "sub/dag.py", b"evil", 0o644, MTIME, None, dirs)
+        (root / "sub").rename(root / "moved")
+        (root / "sub").symlink_to(outside)
+        fsio.commit([s], dirs)
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.py"]
+    assert (root / "moved" / "dag.py").read_bytes() == b"evil"
+
+
+def test_shared_dirs_refuse_a_symlinked_parent(root: Path, outside: Path) -> None:
+    (root / "link").symlink_to(outside)
+    with fsio.Dirs(root) as dirs, pytest.raises(PathRefused):
+        fsio.stage_file(root, "link/victim.py", b"evil", 0o644, MTIME, None, dirs)
+    assert (outside / "victim.py").read_bytes() == b"original"

@@ -1,0 +1,56 @@
+"""Index batches waiting in a link's inbox merge into one apply round (pure logic)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from dagsync import protocol as p
+from dagsync.clock import VersionVector
+from dagsync.model import FileVersion, Kind
+from dagsync.peer import FolderLink, _coalesce
+
+
+def version(path: str, counter: int) -> FileVersion:
+    return FileVersion(
+        path=path, kind=Kind.FILE, size=1, mtime_ns=1, mode=0o644, hash="0" * 32,
+        deleted=False, vv=VersionVector.of({"a": counter}), hlc=counter, origin="a",
+    )
+
+
+def index(from_seq: int, last_seq: int, *entries: FileVersion, caught_up: bool = False
+          ) -> p.Index:
+    return p.Index("dags", 7, tuple(entries), last_seq, caught_up, from_seq)
+
+
+def link() -> FolderLink:
+    return FolderLink(folder=cast(Any, None), their_index_id=7, their_max_seq=0,
+                      sent_seq=0, processed_seq=0)
+
+
+def test_a_lone_batch_is_left_as_it_is() -> None:
+    lk = link()
+    msg = index(0, 2, version("a.py", 1))
+    assert _coalesce(lk, msg) is msg
+
+
+def test_contiguous_batches_merge_and_a_later_version_of_a_path_wins() -> None:
+    lk = link()
+    lk.inbox.put_nowait(index(2, 4, version("b.py", 3), version("a.py", 4)))
+    lk.inbox.put_nowait(index(4, 5, version("c.py", 5), caught_up=True))
+    merged = _coalesce(lk, index(0, 2, version("a.py", 1), version("x.py", 2)))
+    assert (merged.from_seq, merged.last_seq, merged.caught_up) == (0, 5, True)
+    assert {e.path: e.hlc for e in merged.entries} == {"a.py": 4, "x.py": 2, "b.py": 3,
+                                                       "c.py": 5}
+    assert lk.inbox.empty() and lk.held is None
+
+
+def test_a_gap_stops_merging_and_the_batch_after_it_is_held() -> None:
+    lk = link()
+    after_gap = index(9, 12, version("z.py", 12))
+    lk.inbox.put_nowait(index(2, 3, version("b.py", 3)))
+    lk.inbox.put_nowait(after_gap)
+    lk.inbox.put_nowait(index(12, 13, version("y.py", 13)))
+    merged = _coalesce(lk, index(0, 2, version("a.py", 2)))
+    assert (merged.from_seq, merged.last_seq) == (0, 3)
+    assert [e.path for e in merged.entries] == ["a.py", "b.py"]
+    assert lk.held is after_gap and lk.inbox.qsize() == 1
