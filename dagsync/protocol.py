@@ -5,6 +5,10 @@ Control messages carry a JSON object; a Response carries `u32 request id | u8 st
 raw bytes`, so file content is never JSON-encoded. The first frame each way must be a
 Hello. Anything malformed, oversize, unknown or out of order raises ProtocolError, and
 the caller closes that one connection. Model: h11's Connection.
+
+Optional abilities are announced in the Hello's `features` (older nodes ignore the
+field and announce none), and a node sends a message of a feature only to a peer that
+announced it: "delta" is SignatureRequest/SignatureReply and RangeRequest (delta.py).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from dagsync import delta
 from dagsync.errors import ProtocolError
 from dagsync.model import FileVersion
 
@@ -24,11 +29,19 @@ BLOCK_SIZE = 4 * 1024 * 1024  # largest content slice one Request may ask for
 MAX_INDEX_ENTRIES = 2000  # entries per Index message
 MAX_NAME = 255
 MAX_BATCH_FILES = 256  # files per BatchRequest
+MAX_RANGES = MAX_BATCH_FILES  # ranges per RangeRequest (answered by a BatchResponse)
+MAX_SIGNATURE_CHUNKS = 1 << 18  # chunks per SignatureReply: at most 3 MiB
+MAX_FEATURES = 32
+FEATURE_DELTA = "delta"
+FEATURES: tuple[str, ...] = (FEATURE_DELTA,)  # what this node's Hello announces
 
 _HEADER = struct.Struct(">IB")
 _RESPONSE_HEAD = struct.Struct(">IB")
 _BATCH_HEAD = struct.Struct(">II")
 _BATCH_ITEM = struct.Struct(">BI")
+_SIG_HEAD = struct.Struct(">IBI")  # request id, status, chunk target
+_SIG_ENTRY = struct.Struct(">IQ")  # chunk length, xxh3-64 of the chunk
+assert _SIG_ENTRY.size == delta.SIGNATURE_ENTRY
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +62,7 @@ class Hello:
     wall_ms: int
     protocol: int = PROTOCOL_VERSION
     software: str = ""
+    features: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +126,41 @@ class BatchResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class SignatureRequest:
+    """Feature "delta": the chunk signature of `path`, which must have content `hash`."""
+
+    id: int
+    folder: str
+    path: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureReply:
+    """The chunks of the requested version (status OK), cut with `target` (delta.py);
+    no chunks otherwise. Binary: `u32 id | u8 status | u32 target | (u32 length | u64
+    hash) per chunk`, at most MAX_SIGNATURE_CHUNKS chunks."""
+
+    id: int
+    status: int
+    target: int = 0
+    chunks: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRequest:
+    """Feature "delta": byte ranges (offset, size) of `path` at content `hash`, answered
+    by a BatchResponse with one item per range; at most MAX_RANGES ranges and BLOCK_SIZE
+    bytes in all."""
+
+    id: int
+    folder: str
+    path: str
+    hash: str
+    ranges: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
     """The receiver has processed the sender's index up to `seq`."""
 
@@ -158,13 +207,14 @@ class Close:
 
 Message = (
     Hello | Index | Request | Response | Ack | Resend | Ping | Pong | DigestRequest | DigestReply
-    | Close | BatchRequest | BatchResponse
+    | Close | BatchRequest | BatchResponse | SignatureRequest | SignatureReply | RangeRequest
 )
 
 # Type codes are part of the wire format: never renumber.
 _CODES: dict[type, int] = {
     Hello: 1, Index: 2, Request: 3, Response: 4, Ack: 5, Resend: 6, Ping: 7, Pong: 8,
     DigestRequest: 9, DigestReply: 10, Close: 11, BatchRequest: 12, BatchResponse: 13,
+    SignatureRequest: 14, SignatureReply: 15, RangeRequest: 16,
 }
 _TYPES = {code: cls for cls, code in _CODES.items()}
 
@@ -187,7 +237,7 @@ def _encode_json(msg: Message) -> dict[str, Any]:
     if isinstance(msg, Hello):
         return {
             "protocol": msg.protocol, "node": msg.node, "hlc": msg.hlc, "wall_ms": msg.wall_ms,
-            "software": msg.software,
+            "software": msg.software, "features": list(msg.features),
             "folders": {
                 fid: [o.index_id, o.max_seq, o.have_index_id, o.have_seq]
                 for fid, o in msg.folders.items()
@@ -206,6 +256,11 @@ def _encode_json(msg: Message) -> dict[str, Any]:
         }
     if isinstance(msg, Ack):
         return {"folder": msg.folder, "index_id": msg.index_id, "seq": msg.seq}
+    if isinstance(msg, SignatureRequest):
+        return {"id": msg.id, "folder": msg.folder, "path": msg.path, "hash": msg.hash}
+    if isinstance(msg, RangeRequest):
+        return {"id": msg.id, "folder": msg.folder, "path": msg.path, "hash": msg.hash,
+                "ranges": [list(r) for r in msg.ranges]}
     if isinstance(msg, BatchRequest):
         return {"id": msg.id, "folder": msg.folder, "items": [list(i) for i in msg.items]}
     if isinstance(msg, Resend):
@@ -235,10 +290,16 @@ def _decode_json(cls: type, d: dict[str, Any]) -> Message:
                 raise ProtocolError("hello: bad folder offer")
             vals = dict(zip(("a", "b", "c", "d"), offer, strict=True))
             folders[fid] = FolderOffer(*(_int(vals, k) for k in "abcd"))
+        features = d.get("features", [])
+        if not isinstance(features, list) or len(features) > MAX_FEATURES or not all(
+            isinstance(f, str) and 0 < len(f) <= 32 for f in features
+        ):
+            raise ProtocolError(f"hello: features must be a list of at most {MAX_FEATURES} "
+                                "short strings")
         return Hello(
             node=_str(d, "node"), folders=folders, hlc=_int(d, "hlc"),
             wall_ms=_int(d, "wall_ms"), protocol=_int(d, "protocol", 0, 65535),
-            software=_str(d, "software", 200, allow_empty=True),
+            software=_str(d, "software", 200, allow_empty=True), features=tuple(features),
         )
     if cls is Index:
         raw = d.get("entries")
@@ -267,6 +328,13 @@ def _decode_json(cls: type, d: dict[str, Any]) -> Message:
         )
     if cls is Ack:
         return Ack(folder=_str(d, "folder"), index_id=_int(d, "index_id"), seq=_int(d, "seq"))
+    if cls is SignatureRequest:
+        return SignatureRequest(
+            id=_int(d, "id", 0, 2**32 - 1), folder=_str(d, "folder"),
+            path=_str(d, "path", 4096), hash=_str(d, "hash", 64),
+        )
+    if cls is RangeRequest:
+        return _decode_range_request(d)
     if cls is BatchRequest:
         raw = d.get("items")
         if not isinstance(raw, list) or not 0 < len(raw) <= MAX_BATCH_FILES or not all(
@@ -306,6 +374,24 @@ def _decode_json(cls: type, d: dict[str, Any]) -> Message:
     raise ProtocolError(f"unexpected message type {cls.__name__}")
 
 
+def _decode_range_request(d: dict[str, Any]) -> RangeRequest:
+    raw = d.get("ranges")
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_RANGES:
+        raise ProtocolError(f"range request: ranges must be a list of 1..{MAX_RANGES}")
+    ranges = []
+    for r in raw:
+        if not isinstance(r, list) or len(r) != 2:
+            raise ProtocolError("range request: a range is [offset, size]")
+        vals = {"offset": r[0], "size": r[1]}
+        ranges.append((_int(vals, "offset"), _int(vals, "size", 1, BLOCK_SIZE)))
+    if sum(size for _, size in ranges) > BLOCK_SIZE:
+        raise ProtocolError(f"range request: more than {BLOCK_SIZE} bytes in all")
+    return RangeRequest(
+        id=_int(d, "id", 0, 2**32 - 1), folder=_str(d, "folder"),
+        path=_str(d, "path", 4096), hash=_str(d, "hash", 64), ranges=tuple(ranges),
+    )
+
+
 def encode(msg: Message) -> bytes:
     """One message as one frame."""
     code = _CODES[type(msg)]
@@ -315,6 +401,12 @@ def encode(msg: Message) -> bytes:
         head = struct.pack(">II", msg.id, len(msg.items)) + b"".join(
             _BATCH_ITEM.pack(status, len(data)) for status, data in msg.items)
         body = head + b"".join(data for _, data in msg.items)
+    elif isinstance(msg, SignatureReply):
+        if len(msg.chunks) > MAX_SIGNATURE_CHUNKS:
+            raise ValueError(f"signature of {len(msg.chunks)} chunks exceeds "
+                             f"{MAX_SIGNATURE_CHUNKS}")
+        body = _SIG_HEAD.pack(msg.id, msg.status, msg.target) + b"".join(
+            _SIG_ENTRY.pack(length, h) for length, h in msg.chunks)
     else:
         body = json.dumps(_encode_json(msg), separators=(",", ":")).encode()
         if len(body) > MAX_JSON:
@@ -344,6 +436,26 @@ def _decode_batch_response(body: bytes) -> BatchResponse:
     return BatchResponse(id=req_id, items=tuple(items))
 
 
+def _decode_signature_reply(body: bytes) -> SignatureReply:
+    if len(body) < _SIG_HEAD.size or (len(body) - _SIG_HEAD.size) % _SIG_ENTRY.size:
+        raise ProtocolError("signature reply: bad length")
+    req_id, status, target = _SIG_HEAD.unpack_from(body)
+    count = (len(body) - _SIG_HEAD.size) // _SIG_ENTRY.size
+    if count > MAX_SIGNATURE_CHUNKS:
+        raise ProtocolError(f"signature reply: more than {MAX_SIGNATURE_CHUNKS} chunks")
+    if status != Status.OK:
+        if count:
+            raise ProtocolError("signature reply: chunks with a failure status")
+        return SignatureReply(id=req_id, status=status, target=target)
+    if not delta.valid_target(target):
+        raise ProtocolError(f"signature reply: bad chunk target {target}")
+    chunks = tuple(_SIG_ENTRY.iter_unpack(memoryview(body)[_SIG_HEAD.size :]))
+    longest = delta.max_chunk(target)
+    if not all(0 < length <= longest for length, _ in chunks):
+        raise ProtocolError("signature reply: chunk length out of range")
+    return SignatureReply(id=req_id, status=status, target=target, chunks=chunks)
+
+
 def decode_body(code: int, body: bytes) -> Message:
     """One frame's body as a message; ProtocolError on anything malformed."""
     cls = _TYPES.get(code)
@@ -356,6 +468,8 @@ def decode_body(code: int, body: bytes) -> Message:
         return Response(id=req_id, status=status, data=bytes(body[_RESPONSE_HEAD.size :]))
     if cls is BatchResponse:
         return _decode_batch_response(body)
+    if cls is SignatureReply:
+        return _decode_signature_reply(body)
     if len(body) > MAX_JSON:
         raise ProtocolError(f"control message of {len(body)} bytes exceeds {MAX_JSON}")
     try:

@@ -28,6 +28,7 @@ HELLO = p.Hello(
     hlc=123_456,
     wall_ms=1_700_000_000_000,
     software="dagsync test",
+    features=p.FEATURES,
 )
 
 
@@ -86,6 +87,7 @@ messages: st.SearchStrategy[p.Message] = st.one_of(
         p.Hello, node=st.text(min_size=1, max_size=255),
         folders=st.dictionaries(st.text(max_size=255), offers, max_size=4),
         hlc=u63, wall_ms=u63, software=st.text(max_size=200),
+        features=st.lists(st.text(min_size=1, max_size=32), max_size=p.MAX_FEATURES).map(tuple),
     ),
     st.builds(
         p.Index, folder=names, index_id=u63,
@@ -106,6 +108,18 @@ messages: st.SearchStrategy[p.Message] = st.one_of(
     st.builds(p.DigestReply, nonce=u63,
               digests=st.dictionaries(names, st.text(max_size=128), max_size=4)),
     st.builds(p.Close, reason=st.text(max_size=1000)),
+    st.builds(p.SignatureRequest, id=st.integers(0, U32), folder=names,
+              path=st.text(min_size=1, max_size=300), hash=st.text(min_size=1, max_size=64)),
+    st.builds(p.SignatureReply, id=st.integers(0, U32), status=st.integers(1, 255)),
+    st.integers(10, 20).flatmap(lambda bits: st.builds(
+        p.SignatureReply, id=st.integers(0, U32), status=st.just(p.Status.OK),
+        target=st.just(1 << bits),
+        chunks=st.lists(st.tuples(st.integers(1, 16 << bits), st.integers(0, 2**64 - 1)),
+                        max_size=50).map(tuple))),
+    st.builds(p.RangeRequest, id=st.integers(0, U32), folder=names,
+              path=st.text(min_size=1, max_size=300), hash=st.text(min_size=1, max_size=64),
+              ranges=st.lists(st.tuples(u63, st.integers(1, 4096)), min_size=1,
+                              max_size=p.MAX_RANGES).map(tuple)),
 )
 after_hello = messages.filter(lambda m: not isinstance(m, p.Hello | p.Close))
 
@@ -127,6 +141,12 @@ ONE_OF_EACH: list[p.Message] = [
     p.Pong(nonce=1),
     p.DigestRequest(nonce=9),
     p.DigestReply(nonce=9, digests={"dags": "f" * 32, "plugins": ""}),
+    p.SignatureRequest(id=8, folder="dags", path="big.py", hash="ab" * 16),
+    p.SignatureReply(id=8, status=p.Status.OK, target=4096,
+                     chunks=((4000, 2**64 - 1), (1, 0), (16 * 4096, 12345))),
+    p.SignatureReply(id=9, status=p.Status.CHANGED),
+    p.RangeRequest(id=10, folder="dags", path="big.py", hash="ab" * 16,
+                   ranges=((0, 10), (5000, p.BLOCK_SIZE - 10))),
     p.Close(reason="shutting down"),
     p.Close(reason=""),
 ]
@@ -165,6 +185,7 @@ def test_type_codes_are_stable_wire_format() -> None:
     assert codes == {
         p.Hello: 1, p.Index: 2, p.Request: 3, p.Response: 4, p.Ack: 5, p.Resend: 6,
         p.Ping: 7, p.Pong: 8, p.DigestRequest: 9, p.DigestReply: 10, p.Close: 11,
+        p.SignatureRequest: 14, p.SignatureReply: 15, p.RangeRequest: 16,
     }
 
 
@@ -323,7 +344,7 @@ def test_control_message_over_max_json_is_refused() -> None:
         s.receive_data(frame(11, body))
 
 
-@pytest.mark.parametrize("code", [0, 14, 99, 255])
+@pytest.mark.parametrize("code", [0, 17, 99, 255])
 def test_unknown_type_code_is_refused(code: int) -> None:
     s = greeted()
     with pytest.raises(ProtocolError, match="unknown message type"):
@@ -392,6 +413,41 @@ MALFORMED_BODIES += [
     _mal("hello folder id too long", 1, GOOD_HELLO | {"folders": {"d" * 256: [1, 2, 3, 4]}}),
     _mal("hello too many folders", 1,
          GOOD_HELLO | {"folders": {f"f{i}": [1, 1, 1, 1] for i in range(1025)}}),
+    _mal("hello features not a list", 1, GOOD_HELLO | {"features": "delta"}),
+    _mal("hello feature not a string", 1, GOOD_HELLO | {"features": [1]}),
+    _mal("hello feature empty", 1, GOOD_HELLO | {"features": [""]}),
+    _mal("hello feature too long", 1, GOOD_HELLO | {"features": ["f" * 33]}),
+    _mal("hello too many features", 1, GOOD_HELLO | {"features": ["f"] * 33}),
+    _mal("signature request without hash", 14, {"id": 1, "folder": "d", "path": "a"}),
+    _mal("signature request empty hash", 14, {"id": 1, "folder": "d", "path": "a",
+                                              "hash": ""}),
+    _mal("signature request id over u32", 14, {"id": 2**32, "folder": "d", "path": "a",
+                                               "hash": "h"}),
+    _mal("signature request path too long", 14, {"id": 1, "folder": "d", "path": "a" * 4097,
+                                                  "hash": "h"}),
+    _mal("range request without ranges", 16, {"id": 1, "folder": "d", "path": "a",
+                                              "hash": "h"}),
+    _mal("range request no ranges", 16, {"id": 1, "folder": "d", "path": "a", "hash": "h",
+                                         "ranges": []}),
+    _mal("range request too many ranges", 16, {"id": 1, "folder": "d", "path": "a",
+                                               "hash": "h",
+                                               "ranges": [[0, 1]] * (p.MAX_RANGES + 1)}),
+    _mal("range request empty range", 16, {"id": 1, "folder": "d", "path": "a", "hash": "h",
+                                           "ranges": [[0, 0]]}),
+    _mal("range request negative offset", 16, {"id": 1, "folder": "d", "path": "a",
+                                               "hash": "h", "ranges": [[-1, 5]]}),
+    _mal("range request range over a block", 16, {"id": 1, "folder": "d", "path": "a",
+                                                  "hash": "h",
+                                                  "ranges": [[0, p.BLOCK_SIZE + 1]]}),
+    _mal("range request over a block in all", 16, {"id": 1, "folder": "d", "path": "a",
+                                                   "hash": "h", "ranges": [
+                                                       [0, p.BLOCK_SIZE], [p.BLOCK_SIZE, 1]]}),
+    _mal("range request range not a pair", 16, {"id": 1, "folder": "d", "path": "a",
+                                                "hash": "h", "ranges": [[0, 1, 2]]}),
+    _mal("range request range an object", 16, {"id": 1, "folder": "d", "path": "a",
+                                               "hash": "h", "ranges": [{"o": 0, "s": 1}]}),
+    _mal("range request size a bool", 16, {"id": 1, "folder": "d", "path": "a",
+                                           "hash": "h", "ranges": [[0, True]]}),
     _mal("request negative size", 3, {"id": 1, "folder": "d", "path": "a", "hash": "",
                                       "offset": 0, "size": -1}),
     _mal("request size over one block", 3, {"id": 1, "folder": "d", "path": "a", "hash": "",
@@ -524,13 +580,14 @@ json_values = st.recursive(
 )
 FIELD_NAMES = ["node", "folders", "hlc", "wall_ms", "protocol", "software", "folder",
                "index_id", "entries", "last_seq", "caught_up", "id", "path", "hash", "offset",
-               "size", "seq", "from_seq", "nonce", "digests", "reason"]
+               "size", "seq", "from_seq", "nonce", "digests", "reason", "features",
+               "ranges"]
 ENTRY_KEYS = list(GOOD_ENTRY)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.integers(0, 12),
+    st.sampled_from([*range(0, 13), 14, 16]),
     st.dictionaries(st.sampled_from(FIELD_NAMES), json_values, max_size=6),
     st.lists(st.dictionaries(st.sampled_from(ENTRY_KEYS), json_values, max_size=3), max_size=2),
 )
@@ -581,3 +638,59 @@ def test_batch_request_and_response_round_trip_and_reject_malformed_bodies() -> 
         body = json.dumps({"id": 1, "folder": "dags", "items": items}).encode()
         with pytest.raises(ProtocolError):
             greeted().receive_data(frame(12, body))
+
+
+# --- feature "delta": SignatureRequest/SignatureReply, RangeRequest ----------------------
+
+
+def test_a_hello_without_features_is_an_older_node_announcing_none() -> None:
+    body = json.dumps({k: v for k, v in GOOD_HELLO.items() if k != "features"}).encode()
+    msg = p.decode_body(1, body)
+    assert isinstance(msg, p.Hello) and msg.features == ()
+
+
+def _sig_body(status: int, target: int, chunks: list[tuple[int, int]], rid: int = 1) -> bytes:
+    return struct.pack(">IBI", rid, status, target) + b"".join(
+        struct.pack(">IQ", n, h) for n, h in chunks)
+
+
+def test_signature_reply_is_binary_twelve_bytes_a_chunk() -> None:
+    reply = p.SignatureReply(3, p.Status.OK, 4096, tuple((100 + i, i) for i in range(1000)))
+    wire = p.encode(reply)
+    assert len(wire) == 5 + 9 + 12 * 1000
+    assert greeted().receive_data(wire) == [reply]
+
+
+def test_signature_reply_of_the_most_chunks_fits_a_frame() -> None:
+    reply = p.SignatureReply(3, p.Status.OK, 1024, ((1, 0),) * p.MAX_SIGNATURE_CHUNKS)
+    assert greeted().receive_data(p.encode(reply)) == [reply]
+    with pytest.raises(ValueError):
+        p.encode(p.SignatureReply(3, p.Status.OK, 1024, ((1, 0),) * (p.MAX_SIGNATURE_CHUNKS + 1)))
+
+
+@pytest.mark.parametrize(("name", "body"), [
+    ("shorter than its header", struct.pack(">IB", 1, 0)),
+    ("a partial chunk entry", _sig_body(0, 4096, [(10, 1)]) + b"\x00" * 5),
+    ("too many chunks", _sig_body(0, 1024, [(1, 0)] * (p.MAX_SIGNATURE_CHUNKS + 1))),
+    ("a zero-length chunk", _sig_body(0, 4096, [(10, 1), (0, 2)])),
+    ("a chunk over the longest", _sig_body(0, 4096, [(16 * 4096 + 1, 1)])),
+    ("target not a power of two", _sig_body(0, 3000, [(10, 1)])),
+    ("target too small", _sig_body(0, 512, [(10, 1)])),
+    ("target too large", _sig_body(0, 1 << 21, [(10, 1)])),
+    ("chunks with a failure status", _sig_body(p.Status.CHANGED, 4096, [(10, 1)])),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_malformed_signature_reply_is_refused(name: str, body: bytes) -> None:
+    s = greeted()
+    with pytest.raises(ProtocolError):
+        s.receive_data(frame(15, body))
+    assert s.closed
+
+
+def test_range_request_of_exactly_the_limits_is_accepted() -> None:
+    ranges = [[i * 16, 16] for i in range(p.MAX_RANGES - 1)] + [
+        [10**12, p.BLOCK_SIZE - 16 * (p.MAX_RANGES - 1)]]
+    body = json.dumps({"id": 1, "folder": "d", "path": "a", "hash": "h",
+                       "ranges": ranges}).encode()
+    msg = p.decode_body(16, body)
+    assert isinstance(msg, p.RangeRequest)
+    assert sum(n for _, n in msg.ranges) == p.BLOCK_SIZE
