@@ -12,10 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dagsync import fsio
+import xxhash
+
+from dagsync import delta, fsio
 from dagsync import protocol as p
 from dagsync.errors import DagsyncError, PeerClosed, ProtocolError, TransportError
-from dagsync.model import FileVersion
+from dagsync.model import FileVersion, Kind
 
 if TYPE_CHECKING:
     from dagsync.engine import Fetch, FolderEngine
@@ -31,6 +33,16 @@ PING_INTERVAL = 10.0
 IDLE_TIMEOUT = 35.0
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 READ_SIZE = 256 * 1024
+# Delta transfer (delta.py): a file of at least DELTA_MIN bytes whose older version we
+# hold is fetched as the chunks we lack. Up to DELTA_MAX bytes (both versions are read
+# whole into memory); a peer is served SIGNATURE_CONCURRENCY signatures at a time.
+DELTA_MIN = 64 * 1024
+DELTA_MAX = 32 * 1024 * 1024
+SIGNATURE_CONCURRENCY = 2
+DELTA_CONCURRENCY = 8  # delta fetches in flight per fetch_many
+
+Reply = p.Response | p.BatchResponse | p.SignatureReply
+Asking = p.Request | p.BatchRequest | p.SignatureRequest | p.RangeRequest
 
 
 class FetchFailed(DagsyncError):
@@ -111,10 +123,14 @@ class PeerConnection:
         self.session = p.Session()
         self.peer_name = expected_name or "?"
         self.links: dict[str, FolderLink] = {}
-        self.pending: dict[int, asyncio.Future[p.Response | p.BatchResponse]] = {}
+        self.pending: dict[int, asyncio.Future[Reply]] = {}
         self.digest_waiters: dict[int, asyncio.Future[p.DigestReply]] = {}
         self._ids = itertools.count(1)
         self._serve_sem = asyncio.Semaphore(SERVE_CONCURRENCY)
+        self._signature_sem = asyncio.Semaphore(SIGNATURE_CONCURRENCY)
+        self.peer_features: frozenset[str] = frozenset()
+        # Delta fetches on this connection: files, bytes they hold, bytes fetched for them.
+        self.delta_stats = {"files": 0, "file_bytes": 0, "fetched_bytes": 0, "fallbacks": 0}
         self.last_received = time.monotonic()
         self.done = asyncio.Event()  # oneshot: both sides are in sync
         self.closed = asyncio.Event()
@@ -134,7 +150,7 @@ class PeerConnection:
                 node=self.node.name,
                 folders=self.node.offers(None if self.dry_run else self.expected_name),
                 hlc=self.node.clock.tick(), wall_ms=int(time.time() * 1000),
-                software=f"dagsync/{self.node.version}",
+                software=f"dagsync/{self.node.version}", features=p.FEATURES,
             ))
             hello = await asyncio.wait_for(self._read_hello(), HELLO_TIMEOUT)
             self._accept_hello(hello)
@@ -172,6 +188,7 @@ class PeerConnection:
         if self.node.config.peer(name) is None:
             raise ProtocolError(f"peer {name!r} is not configured here")
         self.peer_name = name
+        self.peer_features = frozenset(hello.features)
         self.node.clock.observe(hello.hlc)
         self.clock_skew_ms = hello.wall_ms - int(time.time() * 1000)
         if abs(self.clock_skew_ms) > 1000:
@@ -262,7 +279,11 @@ class PeerConnection:
             asyncio.get_running_loop().create_task(self._serve(msg))
         elif isinstance(msg, p.BatchRequest):
             asyncio.get_running_loop().create_task(self._serve_batch(msg))
-        elif isinstance(msg, p.Response | p.BatchResponse):
+        elif isinstance(msg, p.SignatureRequest):
+            asyncio.get_running_loop().create_task(self._serve_signature(msg))
+        elif isinstance(msg, p.RangeRequest):
+            asyncio.get_running_loop().create_task(self._serve_ranges(msg))
+        elif isinstance(msg, p.Response | p.BatchResponse | p.SignatureReply):
             fut = self.pending.pop(msg.id, None)
             if fut is None:
                 raise ProtocolError(f"response to unknown request {msg.id}")
@@ -372,6 +393,58 @@ class PeerConnection:
                 status = p.Status.ERROR
             budget -= len(data)
             out.append((status, data))
+        return out
+
+    async def _serve_signature(self, req: p.SignatureRequest) -> None:
+        async with self._serve_sem, self._signature_sem:
+            folder = self.node.folders.get(req.folder)
+            reply = p.SignatureReply(req.id, p.Status.REFUSED)
+            if folder is not None and req.folder in self.links:
+                try:
+                    reply = await asyncio.to_thread(_signature_reply, folder, req)
+                except FileNotFoundError:
+                    reply = p.SignatureReply(req.id, p.Status.NO_SUCH_FILE)
+                except (OSError, DagsyncError) as exc:
+                    log.warning("peer %s asked for the signature of %s/%s: %s",
+                                self.peer_name, req.folder, req.path, exc)
+                    reply = p.SignatureReply(req.id, p.Status.ERROR)
+            with contextlib.suppress(OSError, ProtocolError, TransportError, ValueError):
+                await self._send_drained(reply)
+
+    async def _serve_ranges(self, req: p.RangeRequest) -> None:
+        async with self._serve_sem:
+            folder = self.node.folders.get(req.folder)
+            if folder is None or req.folder not in self.links:
+                items = tuple((p.Status.REFUSED, b"") for _ in req.ranges)
+            else:
+                items = tuple(await asyncio.to_thread(self._read_ranges, folder, req))
+            with contextlib.suppress(OSError, ProtocolError, TransportError, ValueError):
+                await self._send_drained(p.BatchResponse(req.id, items))
+
+    def _read_ranges(self, folder: FolderEngine, req: p.RangeRequest) -> list[tuple[int, bytes]]:
+        """Each range, whole; a range past the end of the version is refused."""
+        v = folder.version(req.path)
+        size = v.size if v is not None else 0
+        out: list[tuple[int, bytes]] = []
+        with fsio.Dirs(folder.root) as dirs:
+            for offset, length in req.ranges:
+                status, data = p.Status.OK, b""
+                try:
+                    if offset + length > size:
+                        status = p.Status.REFUSED
+                    else:
+                        got = folder.read_for_peer(req.path, req.hash, offset, length, dirs)
+                        if got is None or len(got) != length:
+                            status = p.Status.CHANGED
+                        else:
+                            data = got
+                except FileNotFoundError:
+                    status = p.Status.NO_SUCH_FILE
+                except (OSError, DagsyncError) as exc:
+                    log.warning("peer %s asked for %s/%s: %s", self.peer_name, folder.id,
+                                req.path, exc)
+                    status = p.Status.ERROR
+                out.append((status, data))
         return out
 
     async def _sender(self, link: FolderLink) -> None:
@@ -512,18 +585,98 @@ class PeerConnection:
             offset += size
         return b"".join(chunks)
 
+    def delta_source(self, folder_id: str, v: FileVersion) -> FolderEngine | None:
+        """Our folder, when `v` is worth a delta fetch: the peer speaks "delta", `v` is
+        big enough, and we hold another live version of that path to build it from."""
+        if (p.FEATURE_DELTA not in self.peer_features or v.kind is not Kind.FILE
+                or not DELTA_MIN <= v.size <= DELTA_MAX):
+            return None
+        folder = self.node.folders.get(folder_id)
+        if folder is None:
+            return None
+        old = folder.version(v.path)
+        if (old is None or old.deleted or old.kind is not Kind.FILE or old.hash == v.hash
+                or not 0 < old.size <= DELTA_MAX):
+            return None
+        return folder
+
+    async def fetch_delta(self, folder_id: str, v: FileVersion) -> bytes | None:
+        """`v` built from our current content of its path and the chunks we lack, checked
+        against its hash; None when we hold no usable older version or delta failed (the
+        caller fetches the whole file). A lost connection raises."""
+        folder = self.delta_source(folder_id, v)
+        if folder is None:
+            return None
+        try:
+            old = await asyncio.to_thread(fsio.read_range, folder.root, v.path, 0, DELTA_MAX)
+        except (OSError, DagsyncError, ValueError):
+            return None
+        try:
+            data, fetched = await self._fetch_delta(folder_id, v, old)
+        except (FetchFailed, ValueError) as exc:
+            self.delta_stats["fallbacks"] += 1
+            log.info("peer %s: %s/%s: delta transfer failed (%s); fetching the whole file",
+                     self.peer_name, folder_id, v.path, exc)
+            return None
+        self.delta_stats["files"] += 1
+        self.delta_stats["file_bytes"] += v.size
+        self.delta_stats["fetched_bytes"] += fetched
+        log.debug("peer %s: %s/%s: delta transfer fetched %d of %d bytes", self.peer_name,
+                  folder_id, v.path, fetched, v.size)
+        return data
+
+    async def _fetch_delta(self, folder_id: str, v: FileVersion,
+                           old: bytes) -> tuple[bytes, int]:
+        # The sender cuts with target_for(size): index our chunks while it does.
+        target = delta.target_for(v.size)
+        indexing = asyncio.ensure_future(asyncio.to_thread(delta.holdings, old, target))
+        try:
+            sig = await self._round_trip(p.SignatureRequest(
+                id=next(self._ids) % 2**32, folder=folder_id, path=v.path, hash=v.hash))
+            have = await indexing
+        finally:
+            indexing.cancel()
+        if not isinstance(sig, p.SignatureReply):
+            raise FetchFailed("malformed signature reply")
+        if sig.status != p.Status.OK:
+            raise FetchFailed(_STATUS_TEXT.get(sig.status, f"status {sig.status}"))
+        signature = delta.Signature(sig.target, sig.chunks)
+        if signature.size != v.size:
+            raise FetchFailed(f"signature covers {signature.size} bytes, not {v.size}")
+        plan = await asyncio.to_thread(delta.plan, signature, old, p.BLOCK_SIZE,
+                                       have if sig.target == target else None)
+        groups = delta.batches(plan.fetch, p.BLOCK_SIZE, p.MAX_RANGES)
+        parts = await asyncio.gather(*(self._fetch_ranges(folder_id, v, g) for g in groups))
+        fetched = [data for part in parts for data in part]
+        data = delta.assemble(plan, old, fetched)
+        if len(data) != v.size or xxhash.xxh3_128_hexdigest(data) != v.hash:
+            raise FetchFailed("assembled content does not match its hash")
+        return data, plan.fetch_bytes
+
+    async def _fetch_ranges(self, folder_id: str, v: FileVersion,
+                            ranges: list[tuple[int, int]]) -> list[bytes]:
+        resp = await self._round_trip(p.RangeRequest(
+            id=next(self._ids) % 2**32, folder=folder_id, path=v.path, hash=v.hash,
+            ranges=tuple(ranges)))
+        if not isinstance(resp, p.BatchResponse) or len(resp.items) != len(ranges):
+            raise FetchFailed("malformed range response")
+        out = []
+        for (status, data), (_, size) in zip(resp.items, ranges, strict=True):
+            if status != p.Status.OK:
+                raise FetchFailed(_STATUS_TEXT.get(status, f"status {status}"))
+            if len(data) != size:
+                raise FetchFailed(f"short range ({len(data)} of {size} bytes)")
+            out.append(data)
+        return out
+
     async def _request(self, req: p.Request) -> p.Response:
         resp = await self._round_trip(req)
         if not isinstance(resp, p.Response):
             raise FetchFailed("malformed response")
         return resp
 
-    async def _round_trip(
-        self, req: p.Request | p.BatchRequest
-    ) -> p.Response | p.BatchResponse:
-        fut: asyncio.Future[p.Response | p.BatchResponse] = (
-            asyncio.get_running_loop().create_future()
-        )
+    async def _round_trip(self, req: Asking) -> Reply:
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self.pending[req.id] = fut
         try:
             await self._send_drained(req)
@@ -582,10 +735,58 @@ class _PeerSource:
         self.folder_id = folder_id
 
     async def fetch(self, v: FileVersion) -> bytes:
+        data = await self.conn.fetch_delta(self.folder_id, v)
+        if data is not None:
+            return data
         return await self.conn.fetch(self.folder_id, v)
 
     async def fetch_many(self, vs: list[FileVersion]) -> list[bytes | BaseException]:
-        return await self.conn.fetch_many(self.folder_id, vs)
+        """Small files in one batch; those worth a delta (delta_source) each by delta."""
+        by_delta = [i for i, v in enumerate(vs)
+                    if self.conn.delta_source(self.folder_id, v) is not None]
+        if not by_delta:
+            return await self.conn.fetch_many(self.folder_id, vs)
+        sem = asyncio.Semaphore(DELTA_CONCURRENCY)
+
+        async def one(v: FileVersion) -> bytes | BaseException:
+            async with sem:
+                try:
+                    return await self.fetch(v)
+                except Exception as exc:  # a per-file result, as fetch_many gives
+                    return exc
+
+        async def batched(rest: list[FileVersion]) -> list[bytes | BaseException]:
+            if not rest:
+                return []
+            try:
+                return await self.conn.fetch_many(self.folder_id, rest)
+            except Exception as exc:
+                return [exc] * len(rest)
+
+        chosen = set(by_delta)
+        singles, batch = await asyncio.gather(
+            asyncio.gather(*(one(vs[i]) for i in by_delta)),
+            batched([v for i, v in enumerate(vs) if i not in chosen]),
+        )
+        got_single, got_batch = iter(singles), iter(batch)
+        return [next(got_single) if i in chosen else next(got_batch) for i in range(len(vs))]
+
+
+def _signature_reply(folder: FolderEngine, req: p.SignatureRequest) -> p.SignatureReply:
+    """Runs in a worker thread: the signature of the version the peer asked for, only
+    after our content was read whole and checked against that version's hash."""
+    v = folder.version(req.path)
+    if v is None or v.deleted or v.kind is not Kind.FILE or v.hash != req.hash:
+        return p.SignatureReply(req.id, p.Status.CHANGED)
+    if v.size > DELTA_MAX:
+        return p.SignatureReply(req.id, p.Status.REFUSED)
+    data = folder.read_for_peer(req.path, req.hash, 0, v.size + 1)
+    if data is None or len(data) != v.size or xxhash.xxh3_128_hexdigest(data) != v.hash:
+        return p.SignatureReply(req.id, p.Status.CHANGED)
+    sig = delta.signature(data)
+    if len(sig.chunks) > p.MAX_SIGNATURE_CHUNKS:
+        return p.SignatureReply(req.id, p.Status.REFUSED)
+    return p.SignatureReply(req.id, p.Status.OK, sig.target, sig.chunks)
 
 
 def _echo(link: FolderLink, v: FileVersion) -> bool:
