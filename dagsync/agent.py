@@ -238,6 +238,9 @@ class Agent:
                 continue
             await asyncio.sleep(2)
             if sum(f.max_seq for f in node.folders.values()) == seqs:
+                for folder in node.folders.values():
+                    async with folder.lock:
+                        await asyncio.to_thread(folder.compact)
                 await asyncio.to_thread(memory.trim)
                 last = seqs
 

@@ -28,6 +28,7 @@ from dagsync.leases import being_written
 from dagsync.model import Action, ActionKind, FileVersion, FolderMode, Kind
 from dagsync.paths import check_relpath, symlink_target_ok
 from dagsync.reconcile import decide
+from dagsync.recstore import RecordStore
 from dagsync.scanner import (
     Observed,
     ScanResult,
@@ -138,9 +139,8 @@ class FolderEngine:
         self.private_temp = temp_dir
         self.temp_dir: Path | None = None  # private temp dir, when on the folder's file system
         self.ignore = IgnoreMatcher(cfg.ignore)
-        self.records: dict[str, Record] = {}
+        self.records = RecordStore()
         self._dirs: set[str] = set()  # every directory that holds a recorded path
-        self._by_hash: dict[str, str] = {}  # content hash -> a path recorded with it
         self.lock = asyncio.Lock()
         self.changed = asyncio.Condition()
         self.max_seq = 0
@@ -173,14 +173,13 @@ class FolderEngine:
         self._loop = asyncio.get_running_loop()
 
         def load() -> None:
-            self.records = {p: _with_mode(r) for p, r in self.index.load(self.id).items()}
-            saved = self.index.get_meta(f"own_counter:{self.id}")
-            self.own_counter = max(
-                [int(saved or 0)] + [r.version.vv.get(self.node) for r in self.records.values()]
-            )
-            self._dirs = {d for path in self.records for d in _parents(path)}
-            self._by_hash = {r.version.hash: p for p, r in self.records.items()
-                             if not r.version.deleted and r.version.kind is Kind.FILE}
+            self.records = RecordStore()
+            self._dirs = set()
+            counter = int(self.index.get_meta(f"own_counter:{self.id}") or 0)
+            for rec in self.index.each_record(self.id):
+                self._remember(rec)
+                counter = max(counter, rec.version.vv.get(self.node))
+            self.own_counter = counter
             self.adopting = not self.records
             if self.root.is_dir():
                 self._replay_intent()
@@ -194,13 +193,16 @@ class FolderEngine:
 
         await asyncio.to_thread(load)
 
+    def compact(self) -> None:
+        """Repack the in-memory records after a bulk round (see RecordStore.compact);
+        runs in a worker thread, under the folder lock, while the agent is idle."""
+        self.records.compact()
+        self._dirs = {d for path in self.records for d in _parents(path)}
+
     def known_stat(self, path: str) -> LocalStat | None:
         """What the scanner compares (its mode is the version's: a chmod alone is a
         change too; see _with_mode)."""
-        rec = self.records.get(path)
-        if rec is None or rec.version.deleted:
-            return None
-        return rec.stat
+        return self.records.stat(path)
 
     def version(self, path: str) -> FileVersion | None:
         rec = self.records.get(path)
@@ -351,9 +353,7 @@ class FolderEngine:
         v = rec.version
         if v.path not in self.records:
             self._dirs.update(_parents(v.path))
-        self.records[v.path] = _with_mode(rec)
-        if not v.deleted and v.kind is Kind.FILE:
-            self._by_hash[v.hash] = v.path
+        self.records[v.path] = rec
 
     def _records_under(self, paths: list[str]) -> list[str]:
         """Recorded paths equal to one of `paths` or below one of them. Exact paths are
@@ -405,13 +405,15 @@ class FolderEngine:
         for v, _ in items:
             if v.deleted or v.kind is not Kind.FILE or not self._is_new_version(v):
                 continue
-            source = self._by_hash.get(v.hash)
-            rec = self.records.get(source) if source else None
-            if (rec is None or source in taken or rec.version.deleted
-                    or _lstat_key(self.root, rec.version.path) is not None):
-                continue
-            taken.add(rec.version.path)
-            out.append((self._tombstone(rec.version), None))
+            for source in self.index.paths_with_hash(self.id, v.hash):
+                rec = self.records.get(source)
+                if (rec is None or source in taken or rec.version.deleted
+                        or rec.version.hash != v.hash
+                        or _lstat_key(self.root, source) is not None):
+                    continue
+                taken.add(source)
+                out.append((self._tombstone(rec.version), None))
+                break
         return out
 
     def _vanished(
@@ -919,14 +921,6 @@ class FolderEngine:
 
 def _conflict_key(loser: FileVersion, winner: FileVersion) -> tuple[str, str, str, bool]:
     return (loser.path, loser.hash, winner.hash, winner.deleted)
-
-
-def _with_mode(rec: Record) -> Record:
-    """The record with the version's mode bits in its stat, for known_stat."""
-    s = rec.stat
-    if s is None or s.mode == rec.version.mode:
-        return rec
-    return replace(rec, stat=LocalStat(s.size, s.mtime_ns, s.inode, rec.version.mode))
 
 
 class _Listing:

@@ -30,7 +30,7 @@ from dagsync.errors import DagsyncError
 from dagsync.model import FileVersion, Kind
 
 SEQ_GAP = 1 << 32
-_VV_CACHE_MAX = 100_000
+_VV_CACHE_MAX = 4_096  # parsed vectors kept: most files share a few
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema
@@ -71,6 +71,11 @@ _MIGRATIONS: tuple[str, ...] = (
         seq      INTEGER NOT NULL,
         PRIMARY KEY (peer, folder)
     ) WITHOUT ROWID;
+    """,
+    # 2: files by content, for pairing a new file with the recorded file it was moved
+    # from (the engine no longer keeps a hash -> path map in memory)
+    """
+    CREATE INDEX files_by_hash ON files (folder, hash) WHERE deleted=0
     """,
 )
 
@@ -176,6 +181,9 @@ class Index:
             raise sqlite3.DatabaseError(f"cannot switch to WAL journal mode (got {mode})")
         c.execute("PRAGMA synchronous=NORMAL")
         c.execute("PRAGMA foreign_keys=ON")
+        # The engine keeps every record in memory; SQLite's own page cache only needs to
+        # hold a transaction's pages (default 2 MB; an idle agent's budget is tight).
+        c.execute("PRAGMA cache_size=-512")
         version = int(c.execute("PRAGMA user_version").fetchone()[0])
         if version > len(_MIGRATIONS):
             raise IndexUnavailable(
@@ -368,6 +376,18 @@ class Index:
         """Every record of `folder`, deletes included, by path."""
         return {r.version.path: r for r in self._select("folder=?", (folder,))}
 
+    def each_record(self, folder: str, page: int = 2000) -> Iterator[Record]:
+        """Every record of `folder` in path order, read a page at a time so a caller that
+        packs them never holds them all as objects."""
+        after = ""
+        while True:
+            batch = self._select("folder=? AND path>? ORDER BY path LIMIT ?",
+                                 (folder, after, page))
+            yield from batch
+            if len(batch) < page:
+                return
+            after = batch[-1].version.path
+
     def get(self, folder: str, path: str) -> Record | None:
         found = self._select("folder=? AND path=?", (folder, path))
         return found[0] if found else None
@@ -398,6 +418,15 @@ class Index:
                 "UPDATE files SET st_size=?, st_mtime_ns=?, st_inode=? WHERE folder=? AND path=?",
                 (stat.size, stat.mtime_ns, stat.inode, folder, path),
             )
+
+    def paths_with_hash(self, folder: str, content_hash: str, limit: int = 8) -> list[str]:
+        """Live paths recorded with this content hash (a few are enough)."""
+        with self._db() as c:
+            rows = c.execute(
+                "SELECT path FROM files WHERE folder=? AND hash=? AND deleted=0 LIMIT ?",
+                (folder, content_hash, limit),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def since(self, folder: str, seq: int, limit: int = 1000) -> list[Record]:
         """Records with a sequence number above `seq`, in sequence order, at most `limit`."""
