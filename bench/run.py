@@ -381,6 +381,37 @@ def remove_retired() -> None:
         shutil.rmtree(RETIRED.pop(), ignore_errors=True)
 
 
+def mount_fresh_fs(work: Path, gib: int) -> None:
+    """Mount a brand-new ext4 file system on `work` (a sparse image beside it).
+
+    Every tool is measured on a file system no earlier run or test has churned: ext4's
+    inode allocator skips inodes freed in the last minutes (recently_deleted()), so on a
+    shared disk the previous test run's cleanup decides how fast creates are -- we saw
+    16x differences from one minute to the next. Unmounted and deleted at exit."""
+    if os.path.ismount(work):
+        raise BenchError(f"{work} is already a mount point; pass --fresh-fs 0 to use it")
+    image = work.with_name(work.name + ".img")
+    image.unlink(missing_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(gib << 30)
+    run_cmd(["mkfs.ext4", "-q", "-F", os.fspath(image)])
+    run_cmd(["mount", "-o", "loop", os.fspath(image), os.fspath(work)])
+
+    def unmount() -> None:
+        os.chdir("/")
+        for _ in range(10):
+            if subprocess.run(["umount", os.fspath(work)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            log(f"note: could not unmount {work}; image {image} left in place")
+            return
+        image.unlink(missing_ok=True)
+
+    atexit.register(unmount)  # registered first, so it runs after the agents are stopped
+    log(f"fresh ext4 file system ({gib} GiB sparse image {image}) mounted on {work}")
+
+
 def copy_tree(src: Path, dst: Path) -> None:
     retire(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -1265,8 +1296,12 @@ def render(res: dict[str, Any], json_rel: str, plots: dict[str, str] | None = No
         w("")
     w(f"* Date: {m['date']} (total wall time {m.get('total_wall_s', 0):.0f} s)")
     w(f"* Machine: {h['cpu']}, {h['cores']} cores, {h['mem_gib']} GiB RAM, {h['os']}, "
-      f"kernel {h['kernel']}; work dir `{h['workdir']}` on {h['workdir_fs']} (every node's "
-      "folder on the same file system, warm page cache, all traffic over 127.0.0.1).")
+      f"kernel {h['kernel']}; work dir `{h['workdir']}` on {h['workdir_fs']}"
+      + (f", a fresh {m['args']['fresh_fs']} GiB loop-mounted file system made for this run "
+         "(ext4 slows creates for minutes after mass deletes: a shared, churned disk would "
+         "measure the previous run's cleanup)" if m.get("args", {}).get("fresh_fs") else "")
+      + " (every node's folder on the same file system, warm page cache, all traffic over "
+      "127.0.0.1).")
     snap = v.get("dagsync_snapshot_from") or {}
     if snap.get("source") == "git HEAD":
         what = f"dagsync/ as committed at `{snap['commit']}`"
@@ -1791,6 +1826,11 @@ def main() -> int:
     ap.add_argument("--source", choices=("head", "worktree"), default="head",
                     help="measure dagsync/ as committed at HEAD (default) or as it is in the "
                          "work tree")
+    ap.add_argument("--fresh-fs", type=int, default=32 if os.geteuid() == 0 else 0,
+                    metavar="GIB",
+                    help="run everything on a new ext4 file system of this size (a sparse "
+                         "loop image beside --workdir, removed at exit; default 32 as root, "
+                         "0 = use --workdir as it is)")
     ap.add_argument("--no-doc", action="store_true", help="do not regenerate docs/benchmarks.md")
     ap.add_argument("--keep-workdir", action="store_true",
                     help="keep node folders, states and logs (default: removed on success)")
@@ -1819,6 +1859,8 @@ def main() -> int:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every child
     work: Path = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.fresh_fs:
+        mount_fresh_fs(work, args.fresh_fs)
     load_dagsync(snapshot_source(work / "src", args.source))
     PROCS.pidfile = work / "pids"
     atexit.register(remove_retired)  # runs last: after the agents are stopped
