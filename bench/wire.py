@@ -75,6 +75,8 @@ class CountingProxy:
             except OSError:
                 cli.close()
                 continue
+            for s in (cli, dst):  # forward small replies at once, as the tools' own
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # sockets do
             with self._lock:
                 self.connections += 1
                 self._socks += [cli, dst]
