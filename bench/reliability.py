@@ -16,7 +16,7 @@
     delivered to agents and agent starts (tests/cluster.py TestNode), bytes compared by
     the convergence checks that held and by the kill -9 test's after-kill comparisons,
     refusals and rejections in every agent's log, and every simulation run (seed,
-    topology, nodes, invariants violated, known bug triggered, conflicts, refusals).
+    topology, nodes, invariants violated, old (fixed) behaviour replayed, conflicts, refusals).
 (b) Reads the latest Airflow soak (bench/airflow_soak/results/*.json), or runs it first
     with --airflow (bench/airflow_soak/run.py --minutes M).
 (c) Writes docs/reliability.md: each fault and attack, how many times, what held, the
@@ -24,7 +24,8 @@
     figures are also embedded in the doc (an HTML comment) so --render-only can redo the
     text without rerunning.
 
-Exit status: 0 when every test passed or failed as expected (strict xfail = known bug),
+Exit status: 0 when every test passed or failed as expected (strict xfail = a regression
+story replaying the old, fixed behaviour),
 1 otherwise (the doc is written either way and says what failed).
 """
 
@@ -489,7 +490,8 @@ def fmt_bytes(n: float) -> str:
 
 
 def verdict(outcome: str) -> str:
-    return {"passed": "held", "xfailed": "**known bug** (strict xfail)",
+    return {"passed": "held",
+            "xfailed": "**regression story** (strict xfail: replays the old, fixed behaviour)",
             "skipped": "skipped", "failed": "**FAILED**", "error": "**ERROR**"}.get(outcome,
                                                                                outcome)
 
@@ -557,7 +559,8 @@ def render(fig: dict[str, Any]) -> str:
     w("")
     w("| | |")
     w("| --- | --- |")
-    w(f"| tests | {o.get('passed', 0)} held, {o.get('xfailed', 0)} known bugs (strict xfail), "
+    w(f"| tests | {o.get('passed', 0)} held, {o.get('xfailed', 0)} regression stories "
+      "(strict xfail: the old, fixed behaviour replayed), "
       f"{o.get('skipped', 0)} skipped, {o.get('failed', 0) + o.get('error', 0)} failed |")
     kill_line = f"{kills} SIGKILLs to real agents in the fault tests"
     if soak:
@@ -682,7 +685,8 @@ def render(fig: dict[str, Any]) -> str:
       "version is archived, no delete is resurrected, no unverified content is applied.")
     w("")
     if sim:
-        w("| rules | topology | runs | nodes | ok | violations, known bug | violations, "
+        w("| rules | topology | runs | nodes | ok | violations, old behaviour replayed | "
+          "violations, "
           "unexplained | conflicts | archived | corrupt content refused | link breaks |")
         w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         keys = sorted({(r["rules"], r["topology"]) for r in sim})
