@@ -74,12 +74,14 @@ def _fn(frame: str) -> str:
     return frame.strip()
 
 
-FOCUS = ("FolderEngine._vanished", "FolderEngine._apply_locked", "FolderEngine._register ",
-         "FolderEngine._scan_and_register", "scan_paths (dagsync", "scan_folder (dagsync",
-         "_hash_fd", "settle_racy", "being_written", "FolderEngine._commit", "commit (dagsync/fsio",
+# py-spy names frames by qualified name: FolderEngine's methods live in its mixins
+# (LocalChanges in local_changes.py, RemoteApply in remote_apply.py).
+FOCUS = ("LocalChanges._vanished", "RemoteApply._apply_locked", "LocalChanges._register ",
+         "LocalChanges._scan_and_register", "scan_paths (dagsync", "scan_folder (dagsync",
+         "_hash_fd", "settle_racy", "being_written", "RemoteApply._commit", "commit (dagsync/fsio",
          "_syncfs", "_fsync_dir_at", "stage_file", "Index.put", "Index.since",
          "set_peer_progress", "PeerConnection._serve", "read_range", "PeerConnection.fetch ",
-         "PeerConnection._puller", "PeerConnection._sender", "FolderEngine.apply_batch",
+         "PeerConnection._puller", "PeerConnection._sender", "RemoteApply.apply_batch",
          "Session.receive_data", "encode (dagsync/protocol", "from_wire", "to_wire",
          "asyncssh/crypto", "asyncssh/connection.py", "Logger.info", "Logger._log",
          "FolderWatcher", "_Handler.on_any_event", "watchdog/", "ThreadPoolExecutor.submit",

@@ -867,7 +867,7 @@ def soak_findings(soak: dict[str, Any]) -> list[str]:
             "`AirflowDagDuplicatedIdException` (Airflow shows it as an import error). A "
             "rename on A is one rename(2); dagsync moves B's copy with one rename(2) only "
             "when it pairs the delete with a create of the same content "
-            "(`FolderEngine._apply_locked`, dagsync/engine.py); otherwise the new name is "
+            "(`FolderEngine._apply_locked`, dagsync/remote_apply.py); otherwise the new name is "
             "put in place first and the old one deleted after. What the writer had just "
             "done: " + " | ".join(f"`{x['dag_id']}` ({x['seconds'] * 1000:.1f} ms): {_ops(x)}"
                                   for x in samples) + ".")

@@ -4,7 +4,7 @@ Every message goes through a real `protocol.Session` on each side (Hello first, 
 ordering). The sender (peer._sender) announces the index from the peer's persisted
 progress, leaving out what this peer itself sent us (peer._echo); the puller
 (peer._puller) applies batches one at a time, fetches content from this peer only (small
-files several to a BatchRequest, as engine._fetch_all does), verifies it, and persists
+files several to a BatchRequest, as fetching.fetch_all does), verifies it, and persists
 progress only after a complete batch; a failed batch is retried with a Resend from the
 persisted progress (peer._retry_later).
 
@@ -189,7 +189,7 @@ class Endpoint:
         if self.node.max_seq > self.sent_seq:
             self.wake()
 
-    # --- pulling (peer._puller, engine.apply_batch, engine._fetch_all) ------------------
+    # --- pulling (peer._puller, engine.apply_batch, fetching.fetch_all) ----------------
 
     def _pull_next(self) -> None:
         if self.busy is not None or not self.inbox or not self.alive:
@@ -243,7 +243,7 @@ class Endpoint:
             self._apply_soon(batch)
 
     def _verified(self, batch: Batch, v: FileVersion, data: bytes) -> None:
-        """engine._fetch_all: content that does not match its hash is refused."""
+        """fetching.fetch_all: content that does not match its hash is refused."""
         if len(data) != v.size or content_hash(data) != v.hash:
             batch.outcome.failed.append((v.path, "content does not match its announced hash"))
             self.conn.net.stats.refused += 1
@@ -310,7 +310,7 @@ class Endpoint:
 
 
 def _fetch_groups(wanted: list[FileVersion]) -> list[list[FileVersion]]:
-    """engine._fetch_all: big files alone, small ones in batches of BATCH_FILES files and
+    """fetching.fetch_all: big files alone, small ones in batches of BATCH_FILES files and
     BATCH_BYTES bytes at most."""
     groups = [[v] for v in wanted if v.size > SMALL_FILE]
     batch: list[FileVersion] = []

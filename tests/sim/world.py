@@ -6,7 +6,8 @@ A local edit and an applied batch each change it in one atomic step, as one SQLi
 transaction plus the staged renames do on a real node. Everything else -- the HLC since
 the last clean close, connections, queued batches, fetches, retry timers -- is lost.
 
-The methods mirror dagsync.engine.FolderEngine; each says which function it mirrors.
+The methods mirror dagsync.engine.FolderEngine (whose local registration is in
+local_changes.py and remote apply in remote_apply.py); each says which function it mirrors.
 """
 
 from __future__ import annotations

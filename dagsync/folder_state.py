@@ -1,0 +1,167 @@
+"""The state one shared folder keeps on this node: its records (the index's view in
+memory), locks and counters, and the few helpers both halves of the engine use, local
+registration (local_changes.py) and remote apply (remote_apply.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import xxhash
+
+from dagsync.archive import ConflictArchive
+from dagsync.config import FolderConfig
+from dagsync.ignore import IgnoreMatcher
+from dagsync.index import Index, LocalStat, Record
+from dagsync.model import Action, FileVersion
+from dagsync.recstore import RecordStore
+
+log = logging.getLogger("dagsync.engine")  # one logger for the whole folder engine
+
+
+class NodeClock(Protocol):
+    """The node's HLC as a folder uses it (engine.SharedClock)."""
+
+    def tick(self) -> int: ...
+
+    def observe(self, remote: int) -> int: ...
+
+
+def content_hash(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+@dataclass
+class Planned:
+    remote: FileVersion
+    action: Action
+
+
+@dataclass
+class BatchOutcome:
+    applied: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    conflicts: int = 0
+    would: list[tuple[str, str]] = field(default_factory=list)  # dry run: (action, path)
+    applied_hlc: list[int] = field(default_factory=list)  # HLC of each applied version
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
+
+
+class FolderState:
+    """Everything a folder engine holds; the parts that register local changes and apply
+    remote ones are mixins over it, so they share one set of attributes."""
+
+    def __init__(
+        self,
+        cfg: FolderConfig,
+        node_name: str,
+        index: Index,
+        archive: ConflictArchive,
+        clock: NodeClock,
+        max_file_size: int,
+        temp_dir: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.id = cfg.id
+        self.root = cfg.path
+        self.node = node_name
+        self.index = index
+        self.archive = archive
+        self.clock = clock
+        self.max_file_size = max_file_size
+        self.private_temp = temp_dir
+        self.temp_dir: Path | None = None  # private temp dir, when on the folder's file system
+        self.ignore = IgnoreMatcher(cfg.ignore)
+        self.records = RecordStore()
+        self._dirs: set[str] = set()  # every directory that holds a recorded path
+        self.lock = asyncio.Lock()
+        self.changed = asyncio.Condition()
+        self.max_seq = 0
+        self.index_id = 0
+        self.last_scan: float | None = None
+        self.last_scan_problems: list[str] = []
+        self.local_edits_refused = 0  # edits on a receive-only folder
+        self.on_applied: list[Callable[[BatchOutcome], None]] = []
+        self.last_scan_duration = 0.0
+        self.reverts: set[str] = set()  # receive-only paths awaiting the cluster's version
+        # Conflicts already archived by this process, so a retried apply (the write
+        # failed: full disk, permission denied) does not archive the same loser again.
+        self._archived: set[tuple[str, str, str, bool]] = set()
+        self.adopting = False  # the first scan into an empty index makes unversioned records
+        self.own_counter = 0  # highest version-vector counter this node used here
+        self.guard_problem = ""  # set while the empty-folder guard holds deletes back
+        self.read_only = False  # dry runs: never touch the folder or the archive
+        self.watcher_mode = "none"  # inotify | polling | none (one-shot runs)
+        self.revert_needed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- helpers both halves use ---------------------------------------------------
+
+    def loop_call(self, fn: Callable[[], object]) -> None:
+        """Run fn on the event loop, from the loop or from a worker thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(fn)
+
+    def known_stat(self, path: str) -> LocalStat | None:
+        """What the scanner compares (its mode is the version's: a chmod alone is a
+        change too; see _with_mode)."""
+        return self.records.stat(path)
+
+    def version(self, path: str) -> FileVersion | None:
+        rec = self.records.get(path)
+        return rec.version if rec else None
+
+    def counts(self) -> tuple[int, int]:
+        live = [r.version for r in self.records.values() if not r.version.deleted]
+        return len(live), sum(v.size for v in live)
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    def _report(self, outcome: BatchOutcome) -> None:
+        for observer in self.on_applied:
+            try:
+                observer(outcome)
+            except Exception:
+                log.exception("folder %s: observer failed", self.id)
+
+    def _remember(self, rec: Record) -> None:
+        v = rec.version
+        if v.path not in self.records:
+            self._dirs.update(parents_of(v.path))
+        self.records[v.path] = rec
+
+    def _set_intent(self, versions: list[FileVersion]) -> None:
+        """The write-ahead note of the versions an apply is about to put in place
+        (remote_apply writes it, engine.FolderEngine.open replays it after a crash)."""
+        key = f"intent:{self.id}"
+        if versions or self.index.get_meta(key):
+            self.index.set_meta(key, json.dumps([v.to_wire() for v in versions]))
+
+
+def parents_of(path: str) -> list[str]:
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def lstat_key(root: Path, rel: str) -> tuple[int, int, int] | None:
+    try:
+        st = (root / rel).lstat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def stat_of(root: Path, rel: str) -> LocalStat | None:
+    key = lstat_key(root, rel)
+    return LocalStat(*key) if key else None

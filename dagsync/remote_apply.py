@@ -1,0 +1,380 @@
+"""Remote apply: peers' versions are screened, decided against ours (reconcile.decide),
+fetched and verified (fetching.py), then written durably under a write-ahead intent,
+with renames moved in one rename(2) and every losing version archived. Also restores the
+cluster's version of files edited on a receive-only folder."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from dagsync import fsio
+from dagsync.errors import PathRefused
+from dagsync.fetching import Fetch, fetch_all
+from dagsync.folder_state import BatchOutcome, Planned, content_hash, stat_of
+from dagsync.index import LocalStat
+from dagsync.local_changes import LocalChanges
+from dagsync.model import Action, ActionKind, FileVersion, FolderMode, Kind
+from dagsync.paths import check_relpath, symlink_target_ok
+from dagsync.reconcile import decide
+from dagsync.scanner import scan_paths
+
+log = logging.getLogger("dagsync.engine")
+
+FIRST_CHUNK = 64
+APPLY_CHUNK = 512  # files written and recorded per step; the next chunk is fetched meanwhile
+LOG_EACH_UP_TO = 20  # applied files logged one per line; more make one summary line
+
+
+class RemoteApply(LocalChanges):
+    """Applying peers' versions. A LocalChanges: a file edited here since it was recorded
+    is registered before deciding, so it is archived, never overwritten unseen."""
+
+    def screen(
+        self, remote: FileVersion, dirs_ignored: dict[str, bool] | None = None
+    ) -> str | None:
+        """Why a remote entry must be refused, or None. SPEC guarantee 8. `dirs_ignored`
+        remembers directory answers over a batch (thousands of entries, a few dirs)."""
+        try:
+            check_relpath(remote.path)
+        except PathRefused as exc:
+            return str(exc)
+        if self._in_ignored_dir(remote.path.rpartition("/")[0], {} if dirs_ignored is None
+                                else dirs_ignored):
+            return "inside an ignored directory"
+        if self.ignore.ignored(remote.path, False):
+            return "ignored name"
+        if remote.deleted:
+            return None
+        if remote.size > self.max_file_size:
+            return f"file of {remote.size} bytes exceeds max_file_size"
+        if remote.kind is Kind.SYMLINK and not symlink_target_ok(remote.path, remote.target):
+            return f"symlink target {remote.target!r} leaves the folder"
+        if len(remote.hash) != 32:
+            return "malformed content hash"
+        return None
+
+    def _in_ignored_dir(self, reldir: str, memo: dict[str, bool]) -> bool:
+        if not reldir:
+            return False
+        known = memo.get(reldir)
+        if known is None:
+            known = memo[reldir] = (
+                self._in_ignored_dir(reldir.rpartition("/")[0], memo)
+                or self.ignore.ignored(reldir, True)
+            )
+        return known
+
+    def plan(self, entries: Iterable[FileVersion], outcome: BatchOutcome) -> list[Planned]:
+        planned = []
+        dirs_ignored: dict[str, bool] = {}
+        for remote in entries:
+            reason = self.screen(remote, dirs_ignored)
+            if reason is not None:
+                outcome.refused.append((remote.path, reason))
+                continue
+            action = decide(self.version(remote.path), remote, self_node=self.node)
+            if action.kind is not ActionKind.KEEP:
+                planned.append(Planned(remote, action))
+        return planned
+
+    async def apply_batch(
+        self, entries: Iterable[FileVersion], fetch: Fetch, *, dry_run: bool = False
+    ) -> BatchOutcome:
+        """Decide every remote entry, fetch what is needed, and apply it durably."""
+        outcome = BatchOutcome()
+        planned = self.plan(entries, outcome)
+        for path, reason in outcome.refused:
+            log.warning("folder %s: refused remote entry %r: %s", self.id, path, reason)
+        if dry_run:
+            outcome.would = [(p.action.kind.value, p.remote.path) for p in planned]
+            return outcome
+        if self.cfg.mode is FolderMode.SEND_ONLY:
+            for p in planned:
+                log.info("folder %s: remote change to %s not applied (send-only folder)",
+                         self.id, p.remote.path)
+            return outcome
+        if not planned:
+            return outcome
+        # Pipelined: the next chunk's content is fetched while this one is written.
+        chunks = _chunks(planned)
+        loop = asyncio.get_running_loop()
+        fetching = loop.create_task(fetch_all(self.id, chunks[0], fetch, outcome))
+        try:
+            for i, chunk in enumerate(chunks):
+                waited = time.perf_counter()
+                contents = await fetching
+                if i + 1 < len(chunks):
+                    fetching = loop.create_task(fetch_all(self.id, chunks[i + 1], fetch, outcome))
+                started = time.perf_counter()
+                async with self.lock:
+                    changed = await asyncio.to_thread(self._apply_locked, chunk, contents,
+                                                      outcome)
+                log.debug("folder %s: chunk %d/%d of %d file(s): waited %.3f s for content, "
+                          "applied in %.3f s", self.id, i + 1, len(chunks), len(chunk),
+                          started - waited, time.perf_counter() - started)
+                if changed:
+                    await self._notify()
+        finally:
+            fetching.cancel()
+        self._report(outcome)
+        return outcome
+
+    def _apply_locked(
+        self, planned: list[Planned], contents: dict[str, bytes], outcome: BatchOutcome
+    ) -> bool:
+        """Runs in a worker thread under the folder lock. True when the index changed
+        (something applied, or a local change registered): the senders must be woken."""
+        # A file edited locally since we recorded it is a local change: register it
+        # first, so deciding against it archives it instead of overwriting it unseen.
+        # Paths with no record and nothing on disk need no look (an empty peer's case).
+        on_disk = _Listing(self.root)
+        present = [p.remote.path for p in planned
+                   if p.remote.path in self.records or on_disk.has(p.remote.path)]
+        registered = self._register(
+            scan_paths(self.root, present, self, self.ignore, self.max_file_size), present
+        ) if present else 0
+        staged: list[tuple[fsio.StagedWrite, FileVersion]] = []
+        done: list[tuple[FileVersion, LocalStat | None]] = []
+        decided: list[tuple[Planned, FileVersion | None, Action]] = []
+        for p in planned:
+            local = self.version(p.remote.path)
+            decided.append((p, local, decide(local, p.remote, self_node=self.node)))
+        # A rename arrives as a delete and a create of the same content: move the file
+        # with one rename(2), so Airflow never sees the DAG missing or twice. Every other
+        # delete happens after the new files are in place.
+        movable: dict[str, list[str]] = {}
+        for _, local, action in decided:
+            if (action.kind is ActionKind.DELETE and local is not None and not local.deleted
+                    and local.kind is Kind.FILE and not action.archive_local):
+                movable.setdefault(local.hash, []).append(local.path)
+        # Write-ahead intent: if the agent dies between changing the folder and recording
+        # it, the restart adopts what landed instead of taking it for local edits.
+        self._set_intent([a.result for _, _, a in decided
+                          if a.result is not None and a.kind is not ActionKind.KEEP])
+        creates = [d for d in decided if d[2].kind is not ActionKind.DELETE]
+        with fsio.Dirs(self.root) as dirs:  # closed before any delete removes a directory
+            self._apply_decided(creates, contents, staged, done, outcome, movable, dirs)
+            self._commit(staged, done, outcome, dirs)
+        gone: list[tuple[FileVersion, LocalStat | None]] = []
+        deletes = [d for d in decided if d[2].kind is ActionKind.DELETE]
+        self._apply_decided(deletes, contents, [], gone, outcome, movable)
+        self._commit([], gone, outcome)
+        self._set_intent([])
+        done += gone
+        if not done:
+            return registered > 0  # a local edit found just now is news too
+        self._log_applied([v for v, _ in done])
+        return True
+
+    def _log_applied(self, versions: list[FileVersion]) -> None:
+        """One line per file for the everyday trickle; one summary line for a bulk
+        round (an initial sync of thousands of DAGs), with the files at DEBUG."""
+        bulk = len(versions) > LOG_EACH_UP_TO
+        for v in versions:
+            log.log(logging.DEBUG if bulk else logging.INFO, "folder %s: %s %s from %s",
+                    self.id, "deleted" if v.deleted else "updated", v.path, v.origin)
+        if bulk:
+            deleted = sum(1 for v in versions if v.deleted)
+            origins = ", ".join(sorted({v.origin for v in versions}))
+            log.info("folder %s: %d file(s) updated, %d deleted, from %s", self.id,
+                     len(versions) - deleted, deleted, origins)
+
+    def _apply_decided(
+        self,
+        decided: list[tuple[Planned, FileVersion | None, Action]],
+        contents: dict[str, bytes],
+        staged: list[tuple[fsio.StagedWrite, FileVersion]],
+        done: list[tuple[FileVersion, LocalStat | None]],
+        outcome: BatchOutcome,
+        movable: dict[str, list[str]],
+        dirs: fsio.Dirs | None = None,
+    ) -> None:
+        for p, local, action in decided:
+            result = action.result
+            if action.kind is ActionKind.KEEP or result is None:
+                continue
+            try:
+                seen = local is not None and _conflict_key(local, result) in self._archived
+                if action.archive_local and local is not None and not seen:
+                    self._archive(local, result)
+                if action.conflict and local is not None and not seen:
+                    outcome.conflicts += 1
+                    loser = p.remote if result.same_content(local) else local
+                    log.warning("folder %s: conflict on %s: the version from %s wins over "
+                                "the one from %s", self.id, result.path, result.origin,
+                                loser.origin)
+                sources = movable.get(result.hash) if action.kind is ActionKind.FETCH else None
+                if sources and result.kind is Kind.FILE and not result.deleted:
+                    src = sources.pop()
+                    fsio.move_file(self.root, src, result.path)
+                    fsio.set_meta(self.root, result.path, result.mode, result.mtime_ns)
+                    item: tuple[FileVersion, LocalStat | None] | None = (
+                        result, stat_of(self.root, result.path))
+                    log.info("folder %s: moved %s to %s", self.id, src, result.path)
+                else:
+                    item = self._apply_one(action, result, contents, staged, dirs)
+            except PathRefused as exc:
+                outcome.refused.append((result.path, str(exc)))
+                log.warning("folder %s: refused remote entry %r: %s", self.id, result.path, exc)
+                continue
+            except OSError as exc:
+                outcome.failed.append((result.path, exc.strerror or str(exc)))
+                log.error("folder %s: cannot apply %s: %s", self.id, result.path,
+                          exc.strerror or exc)
+                continue
+            if item is not None:
+                done.append(item)
+
+    def _apply_one(
+        self,
+        action: Action,
+        result: FileVersion,
+        contents: dict[str, bytes],
+        staged: list[tuple[fsio.StagedWrite, FileVersion]],
+        dirs: fsio.Dirs | None = None,
+    ) -> tuple[FileVersion, LocalStat | None] | None:
+        if action.kind is ActionKind.DELETE:
+            fsio.remove_file(self.root, result.path)
+            return result, None
+        if action.kind is ActionKind.RECORD:
+            if not result.deleted and result.kind is Kind.FILE:
+                fsio.set_meta(self.root, result.path, result.mode, result.mtime_ns)
+                return result, stat_of(self.root, result.path)
+            return result, None
+        if result.kind is Kind.SYMLINK:
+            fsio.make_symlink(self.root, result.path, result.target)
+            return result, stat_of(self.root, result.path)
+        data = contents.get(result.path)
+        if data is None or content_hash(data) != result.hash:
+            raise OSError(0, "content not available (changed during the round)")
+        staged.append((fsio.stage_file(self.root, result.path, data, result.mode,
+                                       result.mtime_ns, self.temp_dir, dirs), result))
+        return None
+
+    def _archive(self, loser: FileVersion, winner: FileVersion) -> None:
+        if loser.kind is not Kind.FILE:
+            return
+        try:
+            data = fsio.read_range(self.root, loser.path, 0, self.max_file_size)
+        except FileNotFoundError:
+            return
+        entry = self.archive.store(self.id, loser.path, data, loser_origin=loser.origin,
+                                   winner_origin=winner.origin, mode=loser.mode)
+        self._archived.add(_conflict_key(loser, winner))
+        log.warning("folder %s: losing version of %s from %s kept as conflict #%d", self.id,
+                    loser.path, loser.origin, entry.id)
+
+    def _commit(
+        self,
+        staged: list[tuple[fsio.StagedWrite, FileVersion]],
+        done: list[tuple[FileVersion, LocalStat | None]],
+        outcome: BatchOutcome,
+        dirs: fsio.Dirs | None = None,
+    ) -> None:
+        """Make staged files visible at once (one syncfs), then record everything done."""
+        if staged:
+            failed: dict[str, Exception] = {}
+            try:
+                fsio.commit([s for s, _ in staged], dirs)
+            except fsio.CommitError as exc:
+                failed = exc.failed
+            except OSError as exc:
+                fsio.abort([s for s, _ in staged])
+                failed = {v.path: exc for _, v in staged}
+            for path, err in failed.items():
+                reason = getattr(err, "strerror", None) or str(err)
+                outcome.failed.append((path, reason))
+                log.error("folder %s: cannot write %s: %s", self.id, path, reason)
+            for st, v in staged:
+                if v.path not in failed:  # the committed file is the staged inode
+                    done.append((v, LocalStat(v.size, st.mtime_ns, st.inode)))
+        if not done:
+            return
+        for version, _ in done:
+            self.clock.observe(version.hlc)  # later local edits must beat what we hold
+        for rec in self.index.put(self.id, done):
+            self._remember(rec)
+            self.max_seq = max(self.max_seq, rec.seq)
+            self.reverts.discard(rec.version.path)
+            outcome.applied.append(rec.version.path)
+            outcome.applied_hlc.append(rec.version.hlc)
+
+    # --- receive-only folders: restoring the cluster's version ------------------------
+
+    async def revert_local_edits(self, fetch: Fetch) -> int:
+        """Restore the cluster's version of files edited on a receive-only folder."""
+        if not self.reverts:
+            return 0
+        planned = []
+        for path in sorted(self.reverts):
+            v = self.version(path)
+            if v is None:
+                self.reverts.discard(path)
+                continue
+            kind = ActionKind.DELETE if v.deleted else ActionKind.FETCH
+            planned.append(Planned(v, Action(kind, result=v)))
+        outcome = BatchOutcome()
+        contents = await fetch_all(self.id, planned, fetch, outcome)
+        async with self.lock:
+            await asyncio.to_thread(self._restore_locked, planned, contents, outcome)
+        if outcome.applied:
+            await self._notify()
+        self._report(outcome)
+        return len(outcome.applied)
+
+    def _restore_locked(
+        self, planned: list[Planned], contents: dict[str, bytes], outcome: BatchOutcome
+    ) -> None:
+        staged: list[tuple[fsio.StagedWrite, FileVersion]] = []
+        done: list[tuple[FileVersion, LocalStat | None]] = []
+        for p in planned:
+            if p.remote.path not in self.reverts or self.version(p.remote.path) != p.remote:
+                continue
+            try:
+                item = self._apply_one(p.action, p.remote, contents, staged)
+            except (OSError, PathRefused) as exc:
+                outcome.failed.append((p.remote.path, getattr(exc, "strerror", None) or str(exc)))
+                continue
+            if item is not None:
+                done.append(item)
+        self._commit(staged, done, outcome)
+        if done:
+            for v, _ in done:
+                log.info("folder %s: restored the cluster's version of %s", self.id, v.path)
+
+
+def _conflict_key(loser: FileVersion, winner: FileVersion) -> tuple[str, str, str, bool]:
+    return (loser.path, loser.hash, winner.hash, winner.deleted)
+
+
+class _Listing:
+    """Which names exist on disk, one listdir per directory instead of a stat per path
+    (an empty peer receiving thousands of files asks about every one)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._names: dict[str, frozenset[str]] = {}
+
+    def has(self, path: str) -> bool:
+        parent, _, name = path.rpartition("/")
+        names = self._names.get(parent)
+        if names is None:
+            try:
+                names = frozenset(os.listdir(self.root / parent))
+            except OSError:
+                names = frozenset()
+            self._names[parent] = names
+        return name in names
+
+
+def _chunks(planned: list[Planned]) -> list[list[Planned]]:
+    """A small first chunk, so writing starts while the next ones are still fetched,
+    then APPLY_CHUNK at a time (each chunk pays two syncfs and one transaction)."""
+    chunks = [planned[:FIRST_CHUNK]]
+    chunks += [planned[i : i + APPLY_CHUNK] for i in range(FIRST_CHUNK, len(planned), APPLY_CHUNK)]
+    return chunks
