@@ -1,5 +1,8 @@
-"""The daemon: builds a Node from the config, serves peers over the embedded SSH server,
-keeps a connection to every peer, rescans periodically and answers the control socket."""
+"""The daemon's process life: builds a Node from the config, takes the state dir's lock,
+starts the embedded SSH server, the control socket, the folder watchers and the periodic
+loops (rescan, conflict archive pruning, memory trim), handles signals (SIGTERM/SIGINT
+stop, SIGHUP reloads the config) and stops it all. Peer links are in links.py, the
+control socket's commands in control.py."""
 
 from __future__ import annotations
 
@@ -7,10 +10,8 @@ import asyncio
 import contextlib
 import fcntl
 import functools
-import json
 import logging
 import os
-import random
 import signal
 import time
 from pathlib import Path
@@ -18,33 +19,18 @@ from typing import Any
 
 from dagsync import memory, sdnotify, transport
 from dagsync.clock import hlc_ms
-from dagsync.config import Config, PeerConfig, load_config
+from dagsync.config import Config, load_config
+from dagsync.control import CONTROL_LINE_LIMIT, ControlCommands, control_socket_path
 from dagsync.engine import BatchOutcome, FolderEngine
-from dagsync.errors import DagsyncError, PeerClosed, ProtocolError, TransportError
+from dagsync.errors import DagsyncError
 from dagsync.hooks import ChangeHook
+from dagsync.links import PeerLinks
 from dagsync.node import Node, PeerState
-from dagsync.peer import PeerConnection
 from dagsync.watcher import FolderWatcher, WatchUnavailable
 
 log = logging.getLogger("dagsync.agent")
 
-BACKOFF_FIRST = 0.25
-BACKOFF_CAP = 30.0
-STABLE_CONNECTION = 10.0
-CONTROL_LINE_LIMIT = 64 * 1024
-DIFF_LIMIT = 100
 WATCH_GUARD_INTERVAL = 2.0
-STATUS_SCHEMA = 1  # version of the `status --json` document (docs/operations.md)
-
-
-def backoff_delay(attempt: int, rand: float | None = None) -> float:
-    """Capped exponential backoff with jitter (half to full of the step)."""
-    step: float = min(BACKOFF_CAP, BACKOFF_FIRST * (2 ** min(attempt, 16)))
-    return step * (0.5 + (random.random() if rand is None else rand) / 2)
-
-
-def control_socket_path(config: Config) -> Path:
-    return config.node.state_dir / "agent.sock"
 
 
 class AgentLock:
@@ -88,7 +74,9 @@ class AgentLock:
         return False
 
 
-class Agent:
+class Agent(ControlCommands, PeerLinks):
+    """One running agent: its node, tasks, watchers and observers, from start to stop."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.node: Node | None = None
@@ -371,218 +359,6 @@ class Agent:
             except Exception:
                 log.exception("periodic scan failed")
             await asyncio.to_thread(memory.trim)
-
-    # --- peers -----------------------------------------------------------------------
-
-    def _start_dialer(self, peer: PeerConfig, node_key: Any) -> None:
-        self._wake[peer.name] = asyncio.Event()
-        self._dialers[peer.name] = asyncio.get_running_loop().create_task(
-            self._dial_loop(peer, node_key)
-        )
-
-    async def _dial_loop(self, peer: PeerConfig, node_key: Any) -> None:
-        node = self.node
-        assert node is not None
-        attempt = 0
-        wake = self._wake[peer.name]
-        while True:
-            conn = node.connections.get(peer.name)
-            if conn is not None:
-                await conn.closed.wait()
-                attempt = 0
-                await asyncio.sleep(backoff_delay(0))
-                continue
-            wake.clear()
-            started = time.monotonic()
-            try:
-                stream = await transport.dial(peer, node.name, node_key, self.config.node.key)
-                conn = PeerConnection(node, stream, expected_name=peer.name, initiator=True)
-                await conn.run()
-            except PeerClosed as exc:
-                log.info("%s", exc)
-            except (TransportError, ProtocolError) as exc:
-                node.note_error(peer.name, str(exc))
-                if conn is not None and conn.session.peer_hello is not None:
-                    attempt = 0  # an established link went down: that is news, not retry noise
-                level = logging.WARNING if attempt == 0 else logging.DEBUG
-                log.log(level, "%s", exc)
-            except DagsyncError as exc:
-                node.note_error(peer.name, str(exc))
-                log.warning("peer %s: %s", peer.name, exc)
-            except Exception as exc:
-                node.note_error(peer.name, f"internal error: {exc}")
-                log.exception("peer %s: connection failed", peer.name)
-            if time.monotonic() - started > STABLE_CONNECTION:
-                attempt = 0
-            delay = backoff_delay(attempt)
-            attempt += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), delay)
-
-    async def _inbound(self, peer_name: str, stream: transport.Stream) -> None:
-        await self._serve_stream(peer_name, stream)
-
-    async def _serve_stream(self, peer_name: str, stream: transport.Stream) -> None:
-        node = self.node
-        assert node is not None
-        conn = PeerConnection(node, stream, expected_name=peer_name, initiator=False)
-        try:
-            await conn.run()
-        except PeerClosed as exc:
-            log.info("%s", exc)
-        except (TransportError, ProtocolError) as exc:
-            node.note_error(peer_name, str(exc))
-            log.warning("peer %s (incoming): %s", peer_name, exc)
-        except Exception:
-            log.exception("peer %s (incoming): connection failed", peer_name)
-
-    # --- control socket --------------------------------------------------------------
-
-    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await reader.readline()
-            request = json.loads(line or b"{}")
-            cmd = request.get("cmd")
-            if cmd == "peer-stream":
-                await self._control_peer_stream(request, reader, writer)
-                return
-            if cmd == "status":
-                reply: dict[str, Any] = await self.status(bool(request.get("cluster")),
-                                                          bool(request.get("diff")))
-            elif cmd == "sync":
-                reply = await self.sync_round(request.get("peers") or [],
-                                              float(request.get("timeout", 60)))
-            elif cmd == "scan":
-                assert self.node is not None
-                reply = {"ok": True, "new_versions": await self.node.scan_all()}
-            else:
-                reply = {"ok": False, "error": f"unknown command {cmd!r}"}
-            writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
-        except (ValueError, AttributeError) as exc:
-            log.warning("control socket: bad request: %s", exc)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    async def _control_peer_stream(
-        self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """`dagsync serve --stdio` hands its peer to us, so one process writes the folders."""
-        name = request.get("peer")
-        if not isinstance(name, str) or self.config.peer(name) is None:
-            writer.write(json.dumps({"ok": False, "error": f"unknown peer {name!r}"}).encode()
-                         + b"\n")
-            await writer.drain()
-            return
-        writer.write(b'{"ok": true}\n')
-        await writer.drain()
-        await self._serve_stream(name, transport.unix_stream(reader, writer, f"{name}@ssh"))
-
-    async def sync_round(self, peers: list[str], timeout: float) -> dict[str, Any]:
-        """Scan now, then wait until every (chosen) peer is in sync or the timeout ends."""
-        node = self.node
-        assert node is not None
-        await node.scan_all()
-        names = peers or [p.name for p in self.config.peers]
-        unknown = [n for n in names if self.config.peer(n) is None]
-        if unknown:
-            return {"ok": False, "error": f"unknown peer(s): {', '.join(unknown)}"}
-        for name in names:
-            if name not in node.connections and name in self._wake:
-                self._wake[name].set()
-        deadline = time.monotonic() + timeout
-        results: dict[str, str] = {}
-        while time.monotonic() < deadline:
-            pending = []
-            for name in names:
-                conn = node.connections.get(name)
-                if conn is not None and conn.in_sync():
-                    results[name] = "in sync"
-                else:
-                    pending.append(name)
-            if not pending:
-                break
-            # Down peers get a short grace to reconnect; connected ones the full timeout.
-            if all(n not in node.connections for n in pending) and (
-                time.monotonic() > deadline - timeout + min(5.0, timeout)
-            ):
-                break
-            await asyncio.sleep(0.05)
-        for name in names:
-            if name not in results:
-                state = node.peers[name]
-                results[name] = ("down: " + (state.last_error or "not connected")
-                                 if name not in node.connections else "timed out")
-        return {"ok": True, "peers": results}
-
-    async def _cluster_view(
-        self, diff: bool
-    ) -> tuple[dict[str, dict[str, str] | None], dict[str, dict[str, list[str]]]]:
-        """Every reachable node's folder digests, and with `diff` the paths where each
-        peer differs from this node (at most DIFF_LIMIT per folder)."""
-        node = self.node
-        assert node is not None
-        replies = await _gather_views(node, [p.name for p in self.config.peers], diff)
-        digests: dict[str, dict[str, str] | None] = {node.name: node.digests()}
-        differences: dict[str, dict[str, list[str]]] = {}
-        mine = node.file_hashes() if diff else {}
-        for name, reply in replies.items():
-            digests[name] = reply.digests if reply is not None else None
-            if not diff or reply is None or reply.files is None:
-                continue
-            for fid, ours in mine.items():
-                theirs = reply.files.get(fid, {})
-                paths = sorted(p for p in ours.keys() | theirs.keys()
-                               if ours.get(p) != theirs.get(p))
-                if paths:
-                    differences.setdefault(name, {})[fid] = paths[:DIFF_LIMIT]
-        return digests, differences
-
-    async def status(self, cluster: bool, diff: bool = False) -> dict[str, Any]:
-        node = self.node
-        assert node is not None
-        folders = []
-        for f in node.folders.values():
-            files, size = f.counts()
-            folders.append({
-                "id": f.id, "path": str(f.root), "mode": f.cfg.mode.value, "files": files,
-                "readable": f.root.is_dir() and os.access(f.root, os.R_OK | os.X_OK),
-                "bytes": size, "digest": f.digest(), "last_scan": f.last_scan,
-                "problems": ([f.guard_problem] if f.guard_problem else [])
-                + f.last_scan_problems[:20], "watcher": f.watcher_mode,
-                "local_edits_refused": f.local_edits_refused,
-            })
-        peers = [s.as_dict() for s in node.peers.values()]
-        reply: dict[str, Any] = {
-            "schema": STATUS_SCHEMA, "node": node.name, "agent": True, "pid": os.getpid(),
-            "uptime_s": time.time() - self.started, "folders": folders, "peers": peers,
-            "conflicts": [
-                {"id": e.id, "folder": e.folder, "path": e.path, "time": e.archived_at,
-                 "loser": e.loser_origin, "winner": e.winner_origin}
-                for e in node.archive.list() if not e.seen
-            ],
-        }
-        if cluster or diff:
-            reply["cluster"], reply["cluster_diff"] = await self._cluster_view(diff)
-        return reply
-
-
-async def _gather_views(
-    node: Node, names: list[str], diff: bool
-) -> dict[str, Any]:
-    async def one(name: str) -> Any:
-        conn = node.connections.get(name)
-        if conn is None:
-            return None
-        try:
-            return await conn.ask_digests(paths=diff)
-        except (TimeoutError, DagsyncError):
-            return None
-
-    replies = await asyncio.gather(*(one(n) for n in names))
-    return dict(zip(names, replies, strict=True))
 
 
 def _with_peers(old: Config, new: Config) -> Config:

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagsync import transport
-from dagsync.agent import AgentLock, control_socket_path
+from dagsync.agent import AgentLock
 from dagsync.config import Config, PeerConfig
+from dagsync.control import control_socket_path
 from dagsync.errors import AgentNotRunning, DagsyncError, UsageError
 from dagsync.node import Node
 from dagsync.peer import PeerConnection
