@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -488,41 +488,47 @@ class PeerConnection:
 
     async def _puller(self, link: FolderLink) -> None:
         """Apply the peer's index batches in order; remember how far we got."""
-        folder = link.folder
-        fetch = self.fetcher(folder.id)
+        fetch = self.fetcher(link.folder.id)
         while True:
             msg, link.held = link.held or await link.inbox.get(), None
-            msg = _coalesce(link, msg)
-            if self.dry_run:
-                outcome = await folder.apply_batch(msg.entries, fetch, dry_run=True)
-                link.would.extend(outcome.would)
-                link.remote.update((e.path, e) for e in msg.entries)
-                link.caught_up = msg.caught_up
-                continue
-            if msg.entries:
-                link.echo.update((e.path, e) for e in msg.entries)
-                outcome = await folder.apply_batch(msg.entries, fetch)
-                self.node.note_outcome(self, folder.id, outcome)
-                if not outcome.complete:
-                    link.failures += 1
-                    for path, reason in outcome.failed[:5]:
-                        log.warning("peer %s: folder %s: %s: %s", self.peer_name, folder.id,
-                                    path, reason)
-            if link.failures:
-                if msg.caught_up and not link.retry_pending:
-                    link.retry_pending = True
-                    asyncio.get_running_loop().create_task(self._retry_later(link))
-                continue
-            link.retries = 0  # everything so far went through: a next failure starts over
-            if msg.from_seq > link.processed_seq:
-                continue  # a batch sent before a Resend: applied, but not a contiguous step
-            link.processed_seq = max(link.processed_seq, msg.last_seq)
-            await asyncio.to_thread(self.node.index.set_peer_progress, self.peer_name,
-                                    folder.id, link.their_index_id, link.processed_seq)
-            await self._send_drained(p.Ack(folder.id, link.their_index_id, link.processed_seq))
+            # One round per call: its batch (a whole index after an initial sync) is
+            # freed when the round ends, not kept while waiting for the next one.
+            await self._pull_round(link, _coalesce(link, msg), fetch)
+            del msg
+
+    async def _pull_round(self, link: FolderLink, msg: p.Index, fetch: Fetch) -> None:
+        folder = link.folder
+        if self.dry_run:
+            outcome = await folder.apply_batch(msg.entries, fetch, dry_run=True)
+            link.would.extend(outcome.would)
+            link.remote.update((e.path, e) for e in msg.entries)
             link.caught_up = msg.caught_up
-            link.their_max_seq = max(link.their_max_seq, msg.last_seq)
-            self.node.note_ack(self)
+            return
+        if msg.entries:
+            link.echo.update((e.path, e) for e in msg.entries)
+            outcome = await folder.apply_batch(msg.entries, fetch)
+            _forget_echoes(link, msg.entries, outcome.applied)
+            self.node.note_outcome(self, folder.id, outcome)
+            if not outcome.complete:
+                link.failures += 1
+                for path, reason in outcome.failed[:5]:
+                    log.warning("peer %s: folder %s: %s: %s", self.peer_name, folder.id,
+                                path, reason)
+        if link.failures:
+            if msg.caught_up and not link.retry_pending:
+                link.retry_pending = True
+                asyncio.get_running_loop().create_task(self._retry_later(link))
+            return
+        link.retries = 0  # everything so far went through: a next failure starts over
+        if msg.from_seq > link.processed_seq:
+            return  # a batch sent before a Resend: applied, but not a contiguous step
+        link.processed_seq = max(link.processed_seq, msg.last_seq)
+        await asyncio.to_thread(self.node.index.set_peer_progress, self.peer_name,
+                                folder.id, link.their_index_id, link.processed_seq)
+        await self._send_drained(p.Ack(folder.id, link.their_index_id, link.processed_seq))
+        link.caught_up = msg.caught_up
+        link.their_max_seq = max(link.their_max_seq, msg.last_seq)
+        self.node.note_ack(self)
 
     async def _reverter(self, link: FolderLink) -> None:
         """Receive-only folders: bring back the cluster's version of locally edited files."""
@@ -796,6 +802,19 @@ def _echo(link: FolderLink, v: FileVersion) -> bool:
         return False
     del link.echo[v.path]
     return sent == v
+
+
+def _forget_echoes(link: FolderLink, entries: Iterable[FileVersion], applied: list[str]) -> None:
+    """Drop the echo notes the sender will never consume: entries we did not apply whose
+    path's record it has already sent. Kept, they would hold every version a peer ever
+    announced in memory (a whole index after an initial sync)."""
+    done = set(applied)
+    records = link.folder.records
+    for e in entries:
+        if e.path not in done:
+            seq = records.seq(e.path)
+            if seq is None or seq <= link.sent_seq:
+                link.echo.pop(e.path, None)
 
 
 def inbox_empty(link: FolderLink) -> bool:

@@ -23,7 +23,10 @@ from dagsync.model import FileVersion, Kind
 _HEAD = struct.Struct("<BBIqqqqqqQHHHI")
 _STAT = struct.Struct("<qqQ")  # the stat fields, at _STAT_AT
 _STAT_AT = struct.calcsize("<BBIqqqq")
+_SEQ = struct.Struct("<q")  # the sequence number, at _SEQ_AT
+_SEQ_AT = struct.calcsize("<BBIqqq")
 _PAIR = struct.Struct("<HQ")  # one vector entry: node id, counter
+_LENGTHS = struct.Struct("<II")  # key and record lengths in compact()
 _DELETED, _HAS_STAT, _HEX_HASH = 1, 2, 4
 _KINDS = list(Kind)
 _KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
@@ -83,14 +86,33 @@ class RecordStore(MutableMapping[str, Record]):
         return self._unpack(path, self._packed[path])
 
     def compact(self) -> None:
-        """Copy every path and packed record into fresh memory. Records built amid a
-        bulk round's short-lived objects pin half-empty allocator arenas; once those
-        objects are gone, copying the survivors together lets the arenas be freed."""
-        self._packed = {
-            path.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass"):
-            bytes(memoryview(raw))
-            for path, raw in self._packed.items()
-        }
+        """Rebuild every path and packed record in fresh memory, to give back the memory
+        a bulk round left fragmented. Records built amid that round's short-lived objects
+        pin half-empty allocator arenas; copying them in place would only fill holes in
+        those same arenas. So all records are first serialised into one blob (outside the
+        small-object allocator), the originals dropped, which empties the arenas they
+        pinned, and then rebuilt densely from the blob."""
+        parts: list[bytes] = []
+        for path, raw in self._packed.items():
+            name = path.encode("utf-8", "surrogatepass")
+            parts.append(_LENGTHS.pack(len(name), len(raw)) + name + raw)
+        blob = b"".join(parts)
+        del parts
+        self._packed = {}  # the old keys and records are freed here
+        packed: dict[str, bytes] = {}
+        at, end = 0, len(blob)
+        while at < end:
+            klen, rlen = _LENGTHS.unpack_from(blob, at)
+            at += _LENGTHS.size
+            key = blob[at : at + klen].decode("utf-8", "surrogatepass")
+            packed[key] = blob[at + klen : at + klen + rlen]
+            at += klen + rlen
+        self._packed = packed
+
+    def seq(self, path: str) -> int | None:
+        """The record's local sequence number, without building the record."""
+        raw = self._packed.get(path)
+        return None if raw is None else int(_SEQ.unpack_from(raw, _SEQ_AT)[0])
 
     def stat(self, path: str) -> LocalStat | None:
         """known_stat(): the stat of a live record, without building the record."""

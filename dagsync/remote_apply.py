@@ -10,7 +10,6 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from dagsync import fsio
 from dagsync.errors import PathRefused
@@ -132,9 +131,10 @@ class RemoteApply(LocalChanges):
         # A file edited locally since we recorded it is a local change: register it
         # first, so deciding against it archives it instead of overwriting it unseen.
         # Paths with no record and nothing on disk need no look (an empty peer's case).
-        on_disk = _Listing(self.root)
+        root = str(self.root)
         present = [p.remote.path for p in planned
-                   if p.remote.path in self.records or on_disk.has(p.remote.path)]
+                   if p.remote.path in self.records
+                   or os.path.lexists(os.path.join(root, p.remote.path))]
         registered = self._register(
             scan_paths(self.root, present, self, self.ignore, self.max_file_size), present
         ) if present else 0
@@ -222,6 +222,16 @@ class RemoteApply(LocalChanges):
                 outcome.refused.append((result.path, str(exc)))
                 log.warning("folder %s: refused remote entry %r: %s", self.id, result.path, exc)
                 continue
+            except ContentMissing:
+                # The ordinary race: the file changed on the peer after it announced this
+                # version. The fetch failure is already in outcome.failed, so the round is
+                # retried and the peer's newer version arrives with its next index batch.
+                log.info("folder %s: %s not applied this round: the peer no longer holds "
+                         "the announced version (changed meanwhile); retried", self.id,
+                         result.path)
+                if not any(path == result.path for path, _ in outcome.failed):
+                    outcome.failed.append((result.path, "content not available"))
+                continue
             except OSError as exc:
                 outcome.failed.append((result.path, exc.strerror or str(exc)))
                 log.error("folder %s: cannot apply %s: %s", self.id, result.path,
@@ -251,7 +261,7 @@ class RemoteApply(LocalChanges):
             return result, stat_of(self.root, result.path)
         data = contents.get(result.path)
         if data is None or content_hash(data) != result.hash:
-            raise OSError(0, "content not available (changed during the round)")
+            raise ContentMissing("content not available (changed on the peer during the round)")
         staged.append((fsio.stage_file(self.root, result.path, data, result.mode,
                                        result.mtime_ns, self.temp_dir, dirs), result))
         return None
@@ -337,7 +347,7 @@ class RemoteApply(LocalChanges):
                 continue
             try:
                 item = self._apply_one(p.action, p.remote, contents, staged)
-            except (OSError, PathRefused) as exc:
+            except (OSError, PathRefused, ContentMissing) as exc:
                 outcome.failed.append((p.remote.path, getattr(exc, "strerror", None) or str(exc)))
                 continue
             if item is not None:
@@ -348,28 +358,12 @@ class RemoteApply(LocalChanges):
                 log.info("folder %s: restored the cluster's version of %s", self.id, v.path)
 
 
+class ContentMissing(Exception):
+    """The content of a version to write did not arrive (fetch failed or refused)."""
+
+
 def _conflict_key(loser: FileVersion, winner: FileVersion) -> tuple[str, str, str, bool]:
     return (loser.path, loser.hash, winner.hash, winner.deleted)
-
-
-class _Listing:
-    """Which names exist on disk, one listdir per directory instead of a stat per path
-    (an empty peer receiving thousands of files asks about every one)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._names: dict[str, frozenset[str]] = {}
-
-    def has(self, path: str) -> bool:
-        parent, _, name = path.rpartition("/")
-        names = self._names.get(parent)
-        if names is None:
-            try:
-                names = frozenset(os.listdir(self.root / parent))
-            except OSError:
-                names = frozenset()
-            self._names[parent] = names
-        return name in names
 
 
 def _chunks(planned: list[Planned]) -> list[list[Planned]]:
