@@ -54,3 +54,23 @@ def test_a_gap_stops_merging_and_the_batch_after_it_is_held() -> None:
     assert (merged.from_seq, merged.last_seq) == (0, 3)
     assert [e.path for e in merged.entries] == ["a.py", "b.py"]
     assert lk.held is after_gap and lk.inbox.qsize() == 1
+
+
+def test_echo_notes_the_sender_will_never_consume_are_dropped() -> None:
+    """After a round, a note is kept only for a path whose record the sender has yet to
+    send (it is consumed then); others would stay in memory for the connection's life."""
+    from types import SimpleNamespace
+
+    from dagsync.index import Record
+    from dagsync.peer import _forget_echoes
+    from dagsync.recstore import RecordStore
+
+    records = RecordStore()
+    for seq, path in enumerate(["sent.py", "unsent.py", "applied.py"], start=1):
+        records[path] = Record(version(path, seq), seq * 10, None)
+    lk = FolderLink(folder=cast(Any, SimpleNamespace(records=records)), their_index_id=7,
+                    their_max_seq=0, sent_seq=15, processed_seq=0)
+    entries = [version(p, 1) for p in ("sent.py", "unsent.py", "applied.py", "unknown.py")]
+    lk.echo.update((e.path, e) for e in entries)
+    _forget_echoes(lk, entries, applied=["applied.py"])
+    assert sorted(lk.echo) == ["applied.py", "unsent.py"]
