@@ -93,6 +93,10 @@ class FolderState:
         self.on_applied: list[Callable[[BatchOutcome], None]] = []
         self.last_scan_duration = 0.0
         self.reverts: set[str] = set()  # receive-only paths awaiting the cluster's version
+        # Paths (and their directories) an apply round is writing right now, and watcher
+        # reports about them held back until the round has recorded what it wrote.
+        self.applying: set[str] = set()
+        self.recheck: set[str] = set()
         # Conflicts already archived by this process, so a retried apply (the write
         # failed: full disk, permission denied) does not archive the same loser again.
         self._archived: set[tuple[str, str, str, bool]] = set()

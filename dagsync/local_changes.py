@@ -67,9 +67,13 @@ class LocalChanges(FolderState):
     def _maybe_changed(self, paths: list[str]) -> list[str]:
         """The paths whose file no longer matches its record, before taking the lock: a
         receiver's watcher reports every file an apply wrote, and those match exactly
-        (the same test scan_paths makes, so nothing it would report is dropped)."""
+        (the same test scan_paths makes, so nothing it would report is dropped). Paths
+        an apply round is writing are held in `recheck` until the round ends."""
         out = []
         for path in paths:
+            if path in self.applying:  # our own write in progress: look once it is recorded
+                self.recheck.add(path)
+                continue
             k = self.known_stat(path)
             if k is not None:
                 try:

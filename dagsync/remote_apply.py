@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dagsync import fsio
 from dagsync.errors import PathRefused
 from dagsync.fetching import Fetch, fetch_all
-from dagsync.folder_state import BatchOutcome, Planned, content_hash, stat_of
+from dagsync.folder_state import BatchOutcome, Planned, content_hash, parents_of, stat_of
 from dagsync.index import LocalStat
 from dagsync.local_changes import LocalChanges
 from dagsync.model import Action, ActionKind, FileVersion, FolderMode, Kind
@@ -113,6 +113,9 @@ class RemoteApply(LocalChanges):
                 async with self.lock:
                     changed = await asyncio.to_thread(self._apply_locked, chunk, contents,
                                                       outcome)
+                if self.recheck:  # what the watcher saw meanwhile, now against the records
+                    held, self.recheck = list(self.recheck), set()
+                    await self.scan_some(held)
                 log.debug("folder %s: chunk %d/%d of %d file(s): waited %.3f s for content, "
                           "applied in %.3f s", self.id, i + 1, len(chunks), len(chunk),
                           started - waited, time.perf_counter() - started)
@@ -157,13 +160,19 @@ class RemoteApply(LocalChanges):
         self._set_intent([a.result for _, _, a in decided
                           if a.result is not None and a.kind is not ActionKind.KEEP])
         creates = [d for d in decided if d[2].kind is not ActionKind.DELETE]
-        with fsio.Dirs(self.root) as dirs:  # closed before any delete removes a directory
-            self._apply_decided(creates, contents, staged, done, outcome, movable, dirs)
-            self._commit(staged, done, outcome, dirs)
-        gone: list[tuple[FileVersion, LocalStat | None]] = []
-        deletes = [d for d in decided if d[2].kind is ActionKind.DELETE]
-        self._apply_decided(deletes, contents, [], gone, outcome, movable)
-        self._commit([], gone, outcome)
+        touched = {p.remote.path for p, _, _ in decided}
+        touched.update(d for path in list(touched) for d in parents_of(path))
+        self.applying = touched
+        try:
+            with fsio.Dirs(self.root) as dirs:  # closed before a delete removes a directory
+                self._apply_decided(creates, contents, staged, done, outcome, movable, dirs)
+                self._commit(staged, done, outcome, dirs)
+            gone: list[tuple[FileVersion, LocalStat | None]] = []
+            deletes = [d for d in decided if d[2].kind is ActionKind.DELETE]
+            self._apply_decided(deletes, contents, [], gone, outcome, movable)
+            self._commit([], gone, outcome)
+        finally:
+            self.applying = set()
         self._set_intent([])
         done += gone
         if not done:
