@@ -416,7 +416,7 @@ def encode(msg: Message) -> bytes:
     return _HEADER.pack(len(body) + 1, code) + body
 
 
-def _decode_batch_response(body: bytes) -> BatchResponse:
+def _decode_batch_response(body: bytes | memoryview) -> BatchResponse:
     if len(body) < _BATCH_HEAD.size:
         raise ProtocolError("batch response too short")
     req_id, count = _BATCH_HEAD.unpack_from(body)
@@ -456,18 +456,20 @@ def _decode_signature_reply(body: bytes) -> SignatureReply:
     return SignatureReply(id=req_id, status=status, target=target, chunks=chunks)
 
 
-def decode_body(code: int, body: bytes) -> Message:
-    """One frame's body as a message; ProtocolError on anything malformed."""
+def decode_body(code: int, body: bytes | memoryview) -> Message:
+    """One frame's body as a message; ProtocolError on anything malformed. Contents are
+    copied out of `body`: the message never refers to the buffer it came from."""
     cls = _TYPES.get(code)
     if cls is None:
         raise ProtocolError(f"unknown message type {code}")
+    if cls is BatchResponse:
+        return _decode_batch_response(body)
     if cls is Response:
         if len(body) < _RESPONSE_HEAD.size:
             raise ProtocolError("response frame too short")
         req_id, status = _RESPONSE_HEAD.unpack_from(body)
         return Response(id=req_id, status=status, data=bytes(body[_RESPONSE_HEAD.size :]))
-    if cls is BatchResponse:
-        return _decode_batch_response(body)
+    body = bytes(body)
     if cls is SignatureReply:
         return _decode_signature_reply(body)
     if len(body) > MAX_JSON:
@@ -517,14 +519,16 @@ class Session:
                 raise ProtocolError(f"frame length {length} outside 1..{self.max_frame}")
             if len(self._buf) < 4 + length:
                 break
-            body = bytes(self._buf[_HEADER.size : 4 + length])
-            del self._buf[: 4 + length]
             try:
-                msg = decode_body(code, body)
+                # Decoded straight from the buffer: file contents are copied once, into
+                # their own bytes, not first into a frame copy (tens of MB in a sync).
+                with memoryview(self._buf) as view:
+                    msg = decode_body(code, view[_HEADER.size : 4 + length])
                 self._check_order(msg)
             except ProtocolError:
                 self.closed = True
                 raise
+            del self._buf[: 4 + length]
             out.append(msg)
             if isinstance(msg, Close):
                 self.closed = True
