@@ -110,6 +110,7 @@ class FolderEngine(RemoteApply, LocalChanges):
     def compact(self) -> None:
         """Repack the in-memory records after a bulk round (see RecordStore.compact);
         runs in a worker thread, under the folder lock, while the agent is idle."""
+        self.index.drop_caches()
         self.records.compact()
         self._dirs = {d for path in self.records for d in parents_of(path)}
 

@@ -801,6 +801,8 @@ def _echo(link: FolderLink, v: FileVersion) -> bool:
     if sent is None:
         return False
     del link.echo[v.path]
+    if not link.echo:
+        link.echo = {}  # a dict keeps its largest table; this one held a whole index
     return sent == v
 
 
@@ -815,6 +817,8 @@ def _forget_echoes(link: FolderLink, entries: Iterable[FileVersion], applied: li
             seq = records.seq(e.path)
             if seq is None or seq <= link.sent_seq:
                 link.echo.pop(e.path, None)
+    if not link.echo:
+        link.echo = {}
 
 
 def inbox_empty(link: FolderLink) -> bool:
