@@ -37,7 +37,7 @@ FOLDER_ID = "dags"
 STEP_TIMEOUT = 30.0  # any single wait longer than this fails the demo
 ARRIVAL_POLL = 0.002
 POLL = 0.02
-STOP_GRACE = 5.0
+STOP_GRACE = 10.0  # an agent stops in ~2 s; a loaded CI box can need more before SIGKILL
 LOG_TAIL = 15
 
 SALES_ETL = '''\
