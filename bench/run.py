@@ -1353,7 +1353,9 @@ def render(res: dict[str, Any], json_rel: str, plots: dict[str, str] | None = No
     if res.get("meta", {}).get("versions", {}).get("anchors"):
         w("## dagsync in detail")
         w("")
-        w("The dagsync side of the figures above, with what is inside them.")
+        w("The dagsync side of the figures above, with what is inside them. Where an "
+          "initial sync spends its time, and what is left to gain: "
+          "[initial-sync.md](initial-sync.md).")
         w("")
     ini = res.get("initial")
     if ini and "rsync_ssh" in ini:
