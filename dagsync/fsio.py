@@ -308,9 +308,10 @@ def stage_file(
     tmp = paths.temp_name(name, _temp_token())
     with _dirs_for(root, dirs) as ds:
         folder_pfd = ds.parent(relpath, create=True)
-        st = _lstat_at(folder_pfd, name)
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "is a directory", str(root / relpath))
+        if dirs is None:  # a batch skips this stat: commit() fails the file just the same
+            st = _lstat_at(folder_pfd, name)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "is a directory", str(root / relpath))
         pfd = ds.other(temp_dir) if temp_dir is not None else folder_pfd
         perm = mode & 0o7777
         fd = os.open(

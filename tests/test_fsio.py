@@ -436,3 +436,21 @@ def test_shared_dirs_refuse_a_symlinked_parent(root: Path, outside: Path) -> Non
     with fsio.Dirs(root) as dirs, pytest.raises(PathRefused):
         fsio.stage_file(root, "link/victim.py", b"evil", 0o644, MTIME, None, dirs)
     assert (outside / "victim.py").read_bytes() == b"original"
+
+
+def test_batch_commit_fails_a_file_whose_path_is_now_a_directory(
+    root: Path, tmp_path: Path
+) -> None:
+    private = tmp_path / "private-tmp"
+    private.mkdir()
+    (root / "d").mkdir()
+    (root / "d" / "keep.py").write_bytes(b"keep")
+    with fsio.Dirs(root) as dirs:
+        good = fsio.stage_file(root, "good.py", b"good", 0o644, MTIME, private, dirs)
+        bad = fsio.stage_file(root, "d", b"x", 0o644, MTIME, private, dirs)
+        with pytest.raises(fsio.CommitError) as info:
+            fsio.commit([good, bad], dirs)
+    assert list(info.value.failed) == ["d"]
+    assert (root / "good.py").read_bytes() == b"good"
+    assert (root / "d" / "keep.py").read_bytes() == b"keep"
+    assert list(private.iterdir()) == []
