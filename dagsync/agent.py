@@ -87,6 +87,8 @@ class Agent(ControlCommands, PeerLinks):
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.watchers: dict[str, FolderWatcher] = {}
+        self._bulk_depth: dict[str, int] = {}  # bulk apply rounds running, per folder
+        self._paused: set[str] = set()  # folders whose watcher a bulk round stopped
         self.started = time.time()
         self.node_key: Any = None
         self.ready = asyncio.Event()  # peers served and first scan done (systemd READY=1)
@@ -272,6 +274,35 @@ class Agent(ControlCommands, PeerLinks):
         folder.watcher_mode = "inotify"
         self.watchers[folder.id] = watcher
         watcher.task = loop.create_task(watcher.run())
+        folder.on_bulk = functools.partial(self._bulk_round, folder)
+
+    def _unwatch(self, folder_id: str) -> None:
+        watcher = self.watchers.pop(folder_id, None)
+        if watcher is not None:
+            watcher.stop()
+            if watcher.task is not None:
+                watcher.task.cancel()
+
+    async def _bulk_round(self, folder: FolderEngine, starting: bool) -> None:
+        """A bulk apply round (an initial sync, a large deploy) stops watching the folder
+        and rescans it in full when the round ends: inotify would report every file the
+        round writes, and turning those into events cost a fifth of an initial sync. A
+        local edit made meanwhile is found by the rescan, a few seconds later than the
+        watcher would have seen it."""
+        depth = self._bulk_depth.get(folder.id, 0) + (1 if starting else -1)
+        self._bulk_depth[folder.id] = depth
+        if starting and depth == 1 and folder.id in self.watchers:
+            self._unwatch(folder.id)
+            self._paused.add(folder.id)
+            log.info("folder %s: bulk round: watching paused, the folder is rescanned "
+                     "when it ends", folder.id)
+        elif not starting and depth == 0 and folder.id in self._paused:
+            self._paused.discard(folder.id)
+            if self.stop.is_set():
+                return
+            self._watch(folder)
+            await folder.scan()
+            log.info("folder %s: bulk round over: watching again", folder.id)
 
     async def _watch_guard(self) -> None:
         """Re-watch a folder whose directory was replaced (or which failed to watch), and
@@ -281,6 +312,8 @@ class Agent(ControlCommands, PeerLinks):
         while True:
             await asyncio.sleep(WATCH_GUARD_INTERVAL)
             for folder in node.folders.values():
+                if folder.id in self._paused:
+                    continue  # a bulk round runs; it re-watches and rescans when it ends
                 watcher = self.watchers.get(folder.id)
                 if watcher is None and folder.watcher_mode == "polling":
                     continue  # inotify refused it; full scans cover it
@@ -289,10 +322,7 @@ class Agent(ControlCommands, PeerLinks):
                 if watcher is not None:
                     log.warning("folder %s: %s now names another directory; watching it "
                                 "anew", folder.id, folder.root)
-                    watcher.stop()
-                    if watcher.task is not None:
-                        watcher.task.cancel()
-                    del self.watchers[folder.id]
+                    self._unwatch(folder.id)
                 if folder.root.is_dir():
                     self._watch(folder)
                     await folder.scan()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -105,6 +105,9 @@ class FolderState:
         self.guard_problem = ""  # set while the empty-folder guard holds deletes back
         self.read_only = False  # dry runs: never touch the folder or the archive
         self.watcher_mode = "none"  # inotify | polling | none (one-shot runs)
+        # Told when a bulk apply round (BULK_ROUND files or more) starts (True) and ends
+        # (False): the agent stops watching meanwhile and rescans the folder after.
+        self.on_bulk: Callable[[bool], Awaitable[None]] | None = None
         self.revert_needed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 

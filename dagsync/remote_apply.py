@@ -24,6 +24,7 @@ from dagsync.scanner import scan_paths
 
 log = logging.getLogger("dagsync.engine")
 
+BULK_ROUND = 512  # a round this big pauses the folder's watcher (see FolderState.on_bulk)
 FIRST_CHUNK = 64
 APPLY_CHUNK = 512  # files written and recorded per step; the next chunk is fetched meanwhile
 LOG_EACH_UP_TO = 20  # applied files logged one per line; more make one summary line
@@ -99,7 +100,21 @@ class RemoteApply(LocalChanges):
             return outcome
         if not planned:
             return outcome
-        # Pipelined: the next chunk's content is fetched while this one is written.
+        bulk = self.on_bulk if len(planned) >= BULK_ROUND else None
+        if bulk is not None:
+            await bulk(True)
+        try:
+            await self._apply_pipelined(planned, fetch, outcome)
+        finally:
+            if bulk is not None:
+                await bulk(False)
+        self._report(outcome)
+        return outcome
+
+    async def _apply_pipelined(
+        self, planned: list[Planned], fetch: Fetch, outcome: BatchOutcome
+    ) -> None:
+        """Chunk by chunk: the next chunk's content is fetched while this one is written."""
         chunks = _chunks(planned)
         loop = asyncio.get_running_loop()
         fetching = loop.create_task(fetch_all(self.id, chunks[0], fetch, outcome))
@@ -123,8 +138,6 @@ class RemoteApply(LocalChanges):
                     await self._notify()
         finally:
             fetching.cancel()
-        self._report(outcome)
-        return outcome
 
     def _apply_locked(
         self, planned: list[Planned], contents: dict[str, bytes], outcome: BatchOutcome

@@ -187,3 +187,23 @@ def test_a_rename_arrives_as_one_rename_never_missing_or_doubled(cluster: Any) -
     assert not (b.dags / "old_name.py").exists()
     assert (b.dags / "newdir" / "new_name.py").stat().st_ino == inode_before
     assert "moved old_name.py to newdir/new_name.py" in b.log.read_text()
+
+
+def test_a_bulk_round_pauses_watching_and_loses_no_local_edit(cluster: Any) -> None:
+    """An initial sync of thousands of files stops the receiver's watcher (it would turn
+    every written file into an event) and rescans the folder when it ends: a local edit
+    made meanwhile still reaches the cluster."""
+    nodes = cluster("a", "b", extra=LIVE)
+    a, b = nodes.values()
+    for i in range(3000):
+        write(a.dags / f"team_{i % 20}/dag_{i}.py", f"dag = {i}\n" * 40)
+    a.start()
+    b.start()
+    wait_until(lambda: "bulk round: watching paused" in b.log.read_text(), 60,
+               "b to start its bulk round")
+    write(b.dags / "written_on_b_during_the_round.py", "local = 1\n")
+    wait_converged(nodes.values(), 120)
+    assert (a.dags / "written_on_b_during_the_round.py").read_text() == "local = 1\n"
+    assert "bulk round over: watching again" in b.log.read_text()
+    write(b.dags / "after_the_round.py", "after = 1\n")  # the watcher is back
+    wait_until(lambda: (a.dags / "after_the_round.py").exists(), 10, "a watched edit")
