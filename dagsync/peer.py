@@ -1,5 +1,10 @@
 """One connection to one peer: moves frames between a transport Stream and a protocol
-Session, serves the peer's requests, and pulls the peer's index into our folders."""
+Session, sends our index, and pulls the peer's index into our folders.
+
+PeerConnection is assembled from parts with one job each: peer_state.py (the attributes
+they share and the send path), peer_serving.py (answering the peer's requests) and
+peer_fetching.py (fetching from the peer); folder_link.py holds each shared folder's
+progress on the connection. This module runs the handshake and the connection's tasks."""
 
 from __future__ import annotations
 
@@ -8,102 +13,57 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import xxhash
-
-from dagsync import delta, fsio
 from dagsync import protocol as p
-from dagsync.errors import DagsyncError, PeerClosed, ProtocolError, TransportError
-from dagsync.model import FileVersion, Kind
+from dagsync.errors import PeerClosed, ProtocolError, TransportError
+from dagsync.folder_link import (
+    COALESCE_ENTRIES,
+    FolderLink,
+    _coalesce,
+    _echo,
+    _forget_echoes,
+    inbox_empty,
+)
+from dagsync.peer_fetching import REQUEST_TIMEOUT, FetchFailed, PeerFetching, _PeerSource
+from dagsync.peer_serving import PeerServing, _signature_reply
+from dagsync.peer_state import (
+    DELTA_CONCURRENCY,
+    DELTA_MAX,
+    DELTA_MIN,
+    SIGNATURE_CONCURRENCY,
+    Asking,
+    Reply,
+)
 
 if TYPE_CHECKING:
-    from dagsync.engine import Fetch, FolderEngine
+    from dagsync.engine import Fetch
     from dagsync.node import Node
     from dagsync.transport import Stream
+
+__all__ = [
+    "COALESCE_ENTRIES", "DELTA_CONCURRENCY", "DELTA_MAX", "DELTA_MIN", "HELLO_TIMEOUT",
+    "IDLE_TIMEOUT", "PING_INTERVAL", "READ_SIZE", "REQUEST_TIMEOUT", "RETRY_DELAYS",
+    "SERVE_CONCURRENCY", "SIGNATURE_CONCURRENCY", "Asking", "FetchFailed", "FolderLink",
+    "PeerConnection", "Reply", "_PeerSource", "_coalesce", "_echo", "_forget_echoes",
+    "_signature_reply", "inbox_empty",
+]
 
 log = logging.getLogger("dagsync.peer")
 
 HELLO_TIMEOUT = 15.0
-REQUEST_TIMEOUT = 60.0
 SERVE_CONCURRENCY = 16
 PING_INTERVAL = 10.0
 IDLE_TIMEOUT = 35.0
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 READ_SIZE = 256 * 1024
-# Delta transfer (delta.py): a file of at least DELTA_MIN bytes whose older version we
-# hold is fetched as the chunks we lack. Up to DELTA_MAX bytes (both versions are read
-# whole into memory); a peer is served SIGNATURE_CONCURRENCY signatures at a time.
-DELTA_MIN = 64 * 1024
-DELTA_MAX = 32 * 1024 * 1024
-SIGNATURE_CONCURRENCY = 2
-DELTA_CONCURRENCY = 8  # delta fetches in flight per fetch_many
-
-Reply = p.Response | p.BatchResponse | p.SignatureReply
-Asking = p.Request | p.BatchRequest | p.SignatureRequest | p.RangeRequest
 
 
-class FetchFailed(DagsyncError):
-    pass
+class PeerConnection(PeerServing, PeerFetching):
+    """One connection: serving (PeerServing) and fetching (PeerFetching) over the shared
+    state (PeerState); run once, until the stream ends."""
 
-
-_STATUS_TEXT = {
-    p.Status.NO_SUCH_FILE: "peer no longer has the file",
-    p.Status.CHANGED: "file changed on the peer",
-    p.Status.REFUSED: "peer refused the request",
-    p.Status.ERROR: "peer could not read the file",
-}
-
-
-@dataclass
-class FolderLink:
-    """Progress of one shared folder on this connection."""
-
-    folder: FolderEngine
-    their_index_id: int
-    their_max_seq: int
-    sent_seq: int  # our sequence number the peer has been sent up to
-    processed_seq: int  # their sequence number we fully applied
-    acked_seq: int = 0  # our sequence number the peer says it applied
-    caught_up: bool = False  # we applied everything the peer had when it last said so
-    failures: int = 0
-    retries: int = 0  # Resends since a batch last went through: the backoff step
-    retry_pending: bool = False
-    inbox: asyncio.Queue[p.Index] = field(default_factory=asyncio.Queue)
-    held: p.Index | None = None  # taken from the inbox but not contiguous with the last
-    wake_sender: asyncio.Event = field(default_factory=asyncio.Event)
-    would: list[tuple[str, str]] = field(default_factory=list)
-    remote: dict[str, FileVersion] = field(default_factory=dict)  # dry run: their records
-    # Versions this peer sent us on this connection: never worth sending back to it.
-    echo: dict[str, FileVersion] = field(default_factory=dict)
-
-
-COALESCE_ENTRIES = 50_000  # most index entries merged into one apply round
-
-
-def _coalesce(link: FolderLink, msg: p.Index) -> p.Index:
-    """Merge the index batches already waiting into one apply round. A round pipelines
-    fetching with writing; starting one per batch stalls the pipeline at each batch (an
-    initial sync arrives as many batches). Only contiguous batches merge, so progress
-    still moves over contiguous ranges only."""
-    if link.inbox.empty():
-        return msg
-    entries = {e.path: e for e in msg.entries}
-    last, caught_up = msg.last_seq, msg.caught_up
-    while not link.inbox.empty() and len(entries) < COALESCE_ENTRIES:
-        nxt = link.inbox.get_nowait()
-        if nxt.from_seq > last:
-            link.held = nxt  # a gap: applied in its own round, after this one
-            break
-        entries.update((e.path, e) for e in nxt.entries)
-        last, caught_up = max(last, nxt.last_seq), nxt.caught_up
-    return p.Index(msg.folder, msg.index_id, tuple(entries.values()), last, caught_up,
-                   msg.from_seq)
-
-
-class PeerConnection:
     def __init__(
         self,
         node: Node,
@@ -252,15 +212,6 @@ class PeerConnection:
     def _receive(self, data: bytes) -> list[p.Message]:
         return self.session.receive_data(data)
 
-    def _send(self, msg: p.Message) -> None:
-        if self.session.closed:
-            raise PeerClosed(f"peer {self.peer_name}: connection closed")
-        self.stream.write(self.session.send(msg))
-
-    async def _send_drained(self, msg: p.Message) -> None:
-        self._send(msg)
-        await self.stream.drain()
-
     async def _reader(self) -> None:
         for msg in self._early:
             self._dispatch(msg)
@@ -329,123 +280,7 @@ class PeerConnection:
             nonce += 1
             await self._send_drained(p.Ping(nonce))
 
-    # --- serving the peer ------------------------------------------------------------
-
-    async def _serve(self, req: p.Request) -> None:
-        async with self._serve_sem:
-            folder = self.node.folders.get(req.folder)
-            status, data = p.Status.OK, b""
-            if folder is None or req.folder not in self.links:
-                status = p.Status.REFUSED
-            else:
-                try:
-                    got = await asyncio.to_thread(
-                        folder.read_for_peer, req.path, req.hash, req.offset, req.size
-                    )
-                    if got is None:
-                        status = p.Status.CHANGED
-                    else:
-                        data = got
-                except FileNotFoundError:
-                    status = p.Status.NO_SUCH_FILE
-                except (OSError, DagsyncError) as exc:
-                    log.warning("peer %s asked for %s/%s: %s", self.peer_name, req.folder,
-                                req.path, exc)
-                    status = p.Status.ERROR
-            with contextlib.suppress(OSError, ProtocolError, TransportError):
-                await self._send_drained(p.Response(req.id, status, data))
-
-    async def _serve_batch(self, req: p.BatchRequest) -> None:
-        async with self._serve_sem:
-            folder = self.node.folders.get(req.folder)
-            if folder is None or req.folder not in self.links:
-                items = tuple((p.Status.REFUSED, b"") for _ in req.items)
-            else:
-                items = tuple(await asyncio.to_thread(self._read_batch, folder, req.items))
-            with contextlib.suppress(OSError, ProtocolError, TransportError, ValueError):
-                await self._send_drained(p.BatchResponse(req.id, items))
-
-    def _read_batch(
-        self, folder: FolderEngine, items: tuple[tuple[str, str], ...]
-    ) -> list[tuple[int, bytes]]:
-        with fsio.Dirs(folder.root) as dirs:
-            return self._read_items(folder, items, dirs)
-
-    def _read_items(
-        self, folder: FolderEngine, items: tuple[tuple[str, str], ...], dirs: fsio.Dirs
-    ) -> list[tuple[int, bytes]]:
-        out: list[tuple[int, bytes]] = []
-        budget = p.BLOCK_SIZE
-        for path, want in items:
-            status, data = p.Status.OK, b""
-            try:
-                got = folder.read_for_peer(path, want, 0, budget, dirs)
-                if got is None:
-                    status = p.Status.CHANGED
-                elif len(got) >= budget:
-                    status = p.Status.REFUSED  # over the batch budget: ask for it alone
-                else:
-                    data = got
-            except FileNotFoundError:
-                status = p.Status.NO_SUCH_FILE
-            except (OSError, DagsyncError) as exc:
-                log.warning("peer %s asked for %s/%s: %s", self.peer_name, folder.id, path, exc)
-                status = p.Status.ERROR
-            budget -= len(data)
-            out.append((status, data))
-        return out
-
-    async def _serve_signature(self, req: p.SignatureRequest) -> None:
-        async with self._serve_sem, self._signature_sem:
-            folder = self.node.folders.get(req.folder)
-            reply = p.SignatureReply(req.id, p.Status.REFUSED)
-            if folder is not None and req.folder in self.links:
-                try:
-                    reply = await asyncio.to_thread(_signature_reply, folder, req)
-                except FileNotFoundError:
-                    reply = p.SignatureReply(req.id, p.Status.NO_SUCH_FILE)
-                except (OSError, DagsyncError) as exc:
-                    log.warning("peer %s asked for the signature of %s/%s: %s",
-                                self.peer_name, req.folder, req.path, exc)
-                    reply = p.SignatureReply(req.id, p.Status.ERROR)
-            with contextlib.suppress(OSError, ProtocolError, TransportError, ValueError):
-                await self._send_drained(reply)
-
-    async def _serve_ranges(self, req: p.RangeRequest) -> None:
-        async with self._serve_sem:
-            folder = self.node.folders.get(req.folder)
-            if folder is None or req.folder not in self.links:
-                items = tuple((p.Status.REFUSED, b"") for _ in req.ranges)
-            else:
-                items = tuple(await asyncio.to_thread(self._read_ranges, folder, req))
-            with contextlib.suppress(OSError, ProtocolError, TransportError, ValueError):
-                await self._send_drained(p.BatchResponse(req.id, items))
-
-    def _read_ranges(self, folder: FolderEngine, req: p.RangeRequest) -> list[tuple[int, bytes]]:
-        """Each range, whole; a range past the end of the version is refused."""
-        v = folder.version(req.path)
-        size = v.size if v is not None else 0
-        out: list[tuple[int, bytes]] = []
-        with fsio.Dirs(folder.root) as dirs:
-            for offset, length in req.ranges:
-                status, data = p.Status.OK, b""
-                try:
-                    if offset + length > size:
-                        status = p.Status.REFUSED
-                    else:
-                        got = folder.read_for_peer(req.path, req.hash, offset, length, dirs)
-                        if got is None or len(got) != length:
-                            status = p.Status.CHANGED
-                        else:
-                            data = got
-                except FileNotFoundError:
-                    status = p.Status.NO_SUCH_FILE
-                except (OSError, DagsyncError) as exc:
-                    log.warning("peer %s asked for %s/%s: %s", self.peer_name, folder.id,
-                                req.path, exc)
-                    status = p.Status.ERROR
-                out.append((status, data))
-        return out
+    # --- sending our index ----------------------------------------------------------
 
     async def _sender(self, link: FolderLink) -> None:
         """Send our index from where the peer is, then every new record as it lands."""
@@ -552,155 +387,6 @@ class PeerConnection:
                  link.folder.id, link.processed_seq)
         await self._send_drained(p.Resend(link.folder.id, link.processed_seq))
 
-    def fetcher(self, folder_id: str) -> Fetch:
-        return _PeerSource(self, folder_id)
-
-    async def fetch_many(
-        self, folder_id: str, vs: list[FileVersion]
-    ) -> list[bytes | BaseException]:
-        """Whole small files in one round trip; a per-file FetchFailed where one failed."""
-        resp = await self._round_trip(p.BatchRequest(
-            id=next(self._ids) % 2**32, folder=folder_id,
-            items=tuple((v.path, v.hash) for v in vs),
-        ))
-        if not isinstance(resp, p.BatchResponse) or len(resp.items) != len(vs):
-            raise FetchFailed("malformed batch response")
-        return [
-            data if status == p.Status.OK
-            else FetchFailed(_STATUS_TEXT.get(status, f"status {status}"))
-            for status, data in resp.items
-        ]
-
-    async def fetch(self, folder_id: str, v: FileVersion) -> bytes:
-        """The whole content of a version, in blocks; FetchFailed with the reason."""
-        if v.size == 0:
-            return b""
-        chunks = []
-        offset = 0
-        while offset < v.size:
-            size = min(p.BLOCK_SIZE, v.size - offset)
-            resp = await self._request(p.Request(
-                id=next(self._ids) % 2**32, folder=folder_id, path=v.path, hash=v.hash,
-                offset=offset, size=size,
-            ))
-            if resp.status != p.Status.OK:
-                raise FetchFailed(_STATUS_TEXT.get(resp.status, f"status {resp.status}"))
-            if len(resp.data) != size:
-                raise FetchFailed(f"short block ({len(resp.data)} of {size} bytes)")
-            chunks.append(resp.data)
-            offset += size
-        return b"".join(chunks)
-
-    def delta_source(self, folder_id: str, v: FileVersion) -> FolderEngine | None:
-        """Our folder, when `v` is worth a delta fetch: the peer speaks "delta", `v` is
-        big enough, and we hold another live version of that path to build it from."""
-        if (p.FEATURE_DELTA not in self.peer_features or v.kind is not Kind.FILE
-                or not DELTA_MIN <= v.size <= DELTA_MAX):
-            return None
-        folder = self.node.folders.get(folder_id)
-        if folder is None:
-            return None
-        old = folder.version(v.path)
-        if (old is None or old.deleted or old.kind is not Kind.FILE or old.hash == v.hash
-                or not 0 < old.size <= DELTA_MAX):
-            return None
-        return folder
-
-    async def fetch_delta(self, folder_id: str, v: FileVersion) -> bytes | None:
-        """`v` built from our current content of its path and the chunks we lack, checked
-        against its hash; None when we hold no usable older version or delta failed (the
-        caller fetches the whole file). A lost connection raises."""
-        folder = self.delta_source(folder_id, v)
-        if folder is None:
-            return None
-        try:
-            old = await asyncio.to_thread(fsio.read_range, folder.root, v.path, 0, DELTA_MAX)
-        except (OSError, DagsyncError, ValueError):
-            return None
-        try:
-            data, fetched = await self._fetch_delta(folder_id, v, old)
-        except (FetchFailed, ValueError) as exc:
-            self.delta_stats["fallbacks"] += 1
-            log.info("peer %s: %s/%s: delta transfer failed (%s); fetching the whole file",
-                     self.peer_name, folder_id, v.path, exc)
-            return None
-        self.delta_stats["files"] += 1
-        self.delta_stats["file_bytes"] += v.size
-        self.delta_stats["fetched_bytes"] += fetched
-        log.debug("peer %s: %s/%s: delta transfer fetched %d of %d bytes", self.peer_name,
-                  folder_id, v.path, fetched, v.size)
-        return data
-
-    async def _fetch_delta(self, folder_id: str, v: FileVersion,
-                           old: bytes) -> tuple[bytes, int]:
-        # The sender cuts with target_for(size): index our chunks while it does.
-        target = delta.target_for(v.size)
-        indexing = asyncio.ensure_future(asyncio.to_thread(delta.holdings, old, target))
-        try:
-            sig = await self._round_trip(p.SignatureRequest(
-                id=next(self._ids) % 2**32, folder=folder_id, path=v.path, hash=v.hash))
-            have = await indexing
-        finally:
-            indexing.cancel()
-        if not isinstance(sig, p.SignatureReply):
-            raise FetchFailed("malformed signature reply")
-        if sig.status != p.Status.OK:
-            raise FetchFailed(_STATUS_TEXT.get(sig.status, f"status {sig.status}"))
-        signature = delta.Signature(sig.target, sig.chunks)
-        if signature.size != v.size:
-            raise FetchFailed(f"signature covers {signature.size} bytes, not {v.size}")
-        plan = await asyncio.to_thread(delta.plan, signature, old, p.BLOCK_SIZE,
-                                       have if sig.target == target else None)
-        groups = delta.batches(plan.fetch, p.BLOCK_SIZE, p.MAX_RANGES)
-        parts = await asyncio.gather(*(self._fetch_ranges(folder_id, v, g) for g in groups))
-        fetched = [data for part in parts for data in part]
-        data = delta.assemble(plan, old, fetched)
-        if len(data) != v.size or xxhash.xxh3_128_hexdigest(data) != v.hash:
-            raise FetchFailed("assembled content does not match its hash")
-        return data, plan.fetch_bytes
-
-    async def _fetch_ranges(self, folder_id: str, v: FileVersion,
-                            ranges: list[tuple[int, int]]) -> list[bytes]:
-        resp = await self._round_trip(p.RangeRequest(
-            id=next(self._ids) % 2**32, folder=folder_id, path=v.path, hash=v.hash,
-            ranges=tuple(ranges)))
-        if not isinstance(resp, p.BatchResponse) or len(resp.items) != len(ranges):
-            raise FetchFailed("malformed range response")
-        out = []
-        for (status, data), (_, size) in zip(resp.items, ranges, strict=True):
-            if status != p.Status.OK:
-                raise FetchFailed(_STATUS_TEXT.get(status, f"status {status}"))
-            if len(data) != size:
-                raise FetchFailed(f"short range ({len(data)} of {size} bytes)")
-            out.append(data)
-        return out
-
-    async def _request(self, req: p.Request) -> p.Response:
-        resp = await self._round_trip(req)
-        if not isinstance(resp, p.Response):
-            raise FetchFailed("malformed response")
-        return resp
-
-    async def _round_trip(self, req: Asking) -> Reply:
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self.pending[req.id] = fut
-        try:
-            await self._send_drained(req)
-            return await asyncio.wait_for(fut, REQUEST_TIMEOUT)
-        except TimeoutError:
-            raise FetchFailed(f"no answer from {self.peer_name} within "
-                              f"{REQUEST_TIMEOUT:.0f} s") from None
-        finally:
-            self.pending.pop(req.id, None)
-
-    def _fail_pending(self, exc: Exception) -> None:
-        for fut in list(self.pending.values()) + list(self.digest_waiters.values()):
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()  # mark retrieved
-        self.pending.clear()
-        self.digest_waiters.clear()
-
     async def ask_digests(self, paths: bool = False, timeout: float = 10.0) -> p.DigestReply:
         nonce = next(self._ids)
         fut: asyncio.Future[p.DigestReply] = asyncio.get_running_loop().create_future()
@@ -731,95 +417,3 @@ class PeerConnection:
     async def _call_when_closed(self, callback: Callable[[], None]) -> None:
         await self.closed.wait()
         callback()
-
-
-class _PeerSource:
-    """One folder's content as served by this connection's peer (engine.Fetch)."""
-
-    def __init__(self, conn: PeerConnection, folder_id: str) -> None:
-        self.conn = conn
-        self.folder_id = folder_id
-
-    async def fetch(self, v: FileVersion) -> bytes:
-        data = await self.conn.fetch_delta(self.folder_id, v)
-        if data is not None:
-            return data
-        return await self.conn.fetch(self.folder_id, v)
-
-    async def fetch_many(self, vs: list[FileVersion]) -> list[bytes | BaseException]:
-        """Small files in one batch; those worth a delta (delta_source) each by delta."""
-        by_delta = [i for i, v in enumerate(vs)
-                    if self.conn.delta_source(self.folder_id, v) is not None]
-        if not by_delta:
-            return await self.conn.fetch_many(self.folder_id, vs)
-        sem = asyncio.Semaphore(DELTA_CONCURRENCY)
-
-        async def one(v: FileVersion) -> bytes | BaseException:
-            async with sem:
-                try:
-                    return await self.fetch(v)
-                except Exception as exc:  # a per-file result, as fetch_many gives
-                    return exc
-
-        async def batched(rest: list[FileVersion]) -> list[bytes | BaseException]:
-            if not rest:
-                return []
-            try:
-                return await self.conn.fetch_many(self.folder_id, rest)
-            except Exception as exc:
-                return [exc] * len(rest)
-
-        chosen = set(by_delta)
-        singles, batch = await asyncio.gather(
-            asyncio.gather(*(one(vs[i]) for i in by_delta)),
-            batched([v for i, v in enumerate(vs) if i not in chosen]),
-        )
-        got_single, got_batch = iter(singles), iter(batch)
-        return [next(got_single) if i in chosen else next(got_batch) for i in range(len(vs))]
-
-
-def _signature_reply(folder: FolderEngine, req: p.SignatureRequest) -> p.SignatureReply:
-    """Runs in a worker thread: the signature of the version the peer asked for, only
-    after our content was read whole and checked against that version's hash."""
-    v = folder.version(req.path)
-    if v is None or v.deleted or v.kind is not Kind.FILE or v.hash != req.hash:
-        return p.SignatureReply(req.id, p.Status.CHANGED)
-    if v.size > DELTA_MAX:
-        return p.SignatureReply(req.id, p.Status.REFUSED)
-    data = folder.read_for_peer(req.path, req.hash, 0, v.size + 1)
-    if data is None or len(data) != v.size or xxhash.xxh3_128_hexdigest(data) != v.hash:
-        return p.SignatureReply(req.id, p.Status.CHANGED)
-    sig = delta.signature(data)
-    if len(sig.chunks) > p.MAX_SIGNATURE_CHUNKS:
-        return p.SignatureReply(req.id, p.Status.REFUSED)
-    return p.SignatureReply(req.id, p.Status.OK, sig.target, sig.chunks)
-
-
-def _echo(link: FolderLink, v: FileVersion) -> bool:
-    """True when `v` is exactly what this peer sent us (it has it already)."""
-    sent = link.echo.get(v.path)
-    if sent is None:
-        return False
-    del link.echo[v.path]
-    if not link.echo:
-        link.echo = {}  # a dict keeps its largest table; this one held a whole index
-    return sent == v
-
-
-def _forget_echoes(link: FolderLink, entries: Iterable[FileVersion], applied: list[str]) -> None:
-    """Drop the echo notes the sender will never consume: entries we did not apply whose
-    path's record it has already sent. Kept, they would hold every version a peer ever
-    announced in memory (a whole index after an initial sync)."""
-    done = set(applied)
-    records = link.folder.records
-    for e in entries:
-        if e.path not in done:
-            seq = records.seq(e.path)
-            if seq is None or seq <= link.sent_seq:
-                link.echo.pop(e.path, None)
-    if not link.echo:
-        link.echo = {}
-
-
-def inbox_empty(link: FolderLink) -> bool:
-    return link.inbox.empty()

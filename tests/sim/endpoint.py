@@ -2,7 +2,7 @@
 
 Every message goes through a real `protocol.Session` on each side (Hello first, framing,
 ordering). The sender (peer._sender) announces the index from the peer's persisted
-progress, leaving out what this peer itself sent us (peer._echo); the puller
+progress, leaving out what this peer itself sent us (folder_link._echo); the puller
 (peer._puller) applies batches one at a time, fetches content from this peer only (small
 files several to a BatchRequest, as fetching.fetch_all does), verifies it, and persists
 progress only after a complete batch; a failed batch is retried with a Resend from the
@@ -126,7 +126,7 @@ class Endpoint:
         elif isinstance(msg, p.Close):
             self.conn.break_(f"{self.peer} closed: {msg.reason}")
 
-    # --- serving (peer._serve, _serve_batch, _read_batch) -----------------------------
+    # --- serving (peer_serving._serve, _serve_batch, _read_batch) ---------------------
 
     def _serve(self, req: p.Request | p.BatchRequest) -> None:
         if not self.alive:
@@ -180,7 +180,7 @@ class Endpoint:
             return
 
     def _echo(self, v: FileVersion) -> bool:
-        """peer._echo: True when `v` is exactly what this peer sent us (it has it)."""
+        """folder_link._echo: True when `v` is exactly what this peer sent us (it has it)."""
         sent = self.echo.pop(v.path, None)
         return sent is not None and sent == v
 
@@ -300,7 +300,7 @@ class Endpoint:
         self.conn.net.sched.after(delay, go)
 
     def fail_pending(self) -> None:
-        """The connection is gone: peer._fail_pending; the puller task is cancelled."""
+        """The connection is gone: peer_fetching._fail_pending; the puller task is cancelled."""
         self.pending.clear()
         self.echo.clear()
         self.inbox.clear()

@@ -1,0 +1,92 @@
+"""Progress of one shared folder on one peer connection (FolderLink), and the pure
+helpers the connection applies to it: merging waiting index batches into one apply round
+and remembering which versions the peer itself sent us (echoes, never sent back)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from dagsync import protocol as p
+from dagsync.model import FileVersion
+
+if TYPE_CHECKING:
+    from dagsync.engine import FolderEngine
+
+
+@dataclass
+class FolderLink:
+    """Progress of one shared folder on this connection."""
+
+    folder: FolderEngine
+    their_index_id: int
+    their_max_seq: int
+    sent_seq: int  # our sequence number the peer has been sent up to
+    processed_seq: int  # their sequence number we fully applied
+    acked_seq: int = 0  # our sequence number the peer says it applied
+    caught_up: bool = False  # we applied everything the peer had when it last said so
+    failures: int = 0
+    retries: int = 0  # Resends since a batch last went through: the backoff step
+    retry_pending: bool = False
+    inbox: asyncio.Queue[p.Index] = field(default_factory=asyncio.Queue)
+    held: p.Index | None = None  # taken from the inbox but not contiguous with the last
+    wake_sender: asyncio.Event = field(default_factory=asyncio.Event)
+    would: list[tuple[str, str]] = field(default_factory=list)
+    remote: dict[str, FileVersion] = field(default_factory=dict)  # dry run: their records
+    # Versions this peer sent us on this connection: never worth sending back to it.
+    echo: dict[str, FileVersion] = field(default_factory=dict)
+
+
+COALESCE_ENTRIES = 50_000  # most index entries merged into one apply round
+
+
+def _coalesce(link: FolderLink, msg: p.Index) -> p.Index:
+    """Merge the index batches already waiting into one apply round. A round pipelines
+    fetching with writing; starting one per batch stalls the pipeline at each batch (an
+    initial sync arrives as many batches). Only contiguous batches merge, so progress
+    still moves over contiguous ranges only."""
+    if link.inbox.empty():
+        return msg
+    entries = {e.path: e for e in msg.entries}
+    last, caught_up = msg.last_seq, msg.caught_up
+    while not link.inbox.empty() and len(entries) < COALESCE_ENTRIES:
+        nxt = link.inbox.get_nowait()
+        if nxt.from_seq > last:
+            link.held = nxt  # a gap: applied in its own round, after this one
+            break
+        entries.update((e.path, e) for e in nxt.entries)
+        last, caught_up = max(last, nxt.last_seq), nxt.caught_up
+    return p.Index(msg.folder, msg.index_id, tuple(entries.values()), last, caught_up,
+                   msg.from_seq)
+
+
+def _echo(link: FolderLink, v: FileVersion) -> bool:
+    """True when `v` is exactly what this peer sent us (it has it already)."""
+    sent = link.echo.get(v.path)
+    if sent is None:
+        return False
+    del link.echo[v.path]
+    if not link.echo:
+        link.echo = {}  # a dict keeps its largest table; this one held a whole index
+    return sent == v
+
+
+def _forget_echoes(link: FolderLink, entries: Iterable[FileVersion], applied: list[str]) -> None:
+    """Drop the echo notes the sender will never consume: entries we did not apply whose
+    path's record it has already sent. Kept, they would hold every version a peer ever
+    announced in memory (a whole index after an initial sync)."""
+    done = set(applied)
+    records = link.folder.records
+    for e in entries:
+        if e.path not in done:
+            seq = records.seq(e.path)
+            if seq is None or seq <= link.sent_seq:
+                link.echo.pop(e.path, None)
+    if not link.echo:
+        link.echo = {}
+
+
+def inbox_empty(link: FolderLink) -> bool:
+    return link.inbox.empty()

@@ -1,0 +1,160 @@
+"""Answering a peer's requests on its connection: whole files, batches of small
+files, delta signatures and byte ranges, each read in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import xxhash
+
+from dagsync import delta, fsio
+from dagsync import protocol as p
+from dagsync.errors import DagsyncError, ProtocolError, TransportError
+from dagsync.model import Kind
+from dagsync.peer_state import DELTA_MAX, PeerState
+
+if TYPE_CHECKING:
+    from dagsync.engine import FolderEngine
+
+log = logging.getLogger("dagsync.peer")
+
+
+class PeerServing(PeerState):
+    """Serves the peer's reads of our folders (a mixin of PeerConnection)."""
+
+    async def _serve(self, req: p.Request) -> None:
+        async with self._serve_sem:
+            folder = self.node.folders.get(req.folder)
+            status, data = p.Status.OK, b""
+            if folder is None or req.folder not in self.links:
+                status = p.Status.REFUSED
+            else:
+                try:
+                    got = await asyncio.to_thread(
+                        folder.read_for_peer, req.path, req.hash, req.offset, req.size
+                    )
+                    if got is None:
+                        status = p.Status.CHANGED
+                    else:
+                        data = got
+                except FileNotFoundError:
+                    status = p.Status.NO_SUCH_FILE
+                except (OSError, DagsyncError) as exc:
+                    log.warning("peer %s asked for %s/%s: %s", self.peer_name, req.folder,
+                                req.path, exc)
+                    status = p.Status.ERROR
+            with contextlib.suppress(OSError, ProtocolError, TransportError):
+                await self._send_drained(p.Response(req.id, status, data))
+
+    async def _serve_batch(self, req: p.BatchRequest) -> None:
+        async with self._serve_sem:
+            folder = self.node.folders.get(req.folder)
+            if folder is None or req.folder not in self.links:
+                items = tuple((p.Status.REFUSED, b"") for _ in req.items)
+            else:
+                items = tuple(await asyncio.to_thread(self._read_batch, folder, req.items))
+            with contextlib.suppress(OSError, ProtocolError, TransportError, ValueError):
+                await self._send_drained(p.BatchResponse(req.id, items))
+
+    def _read_batch(
+        self, folder: FolderEngine, items: tuple[tuple[str, str], ...]
+    ) -> list[tuple[int, bytes]]:
+        with fsio.Dirs(folder.root) as dirs:
+            return self._read_items(folder, items, dirs)
+
+    def _read_items(
+        self, folder: FolderEngine, items: tuple[tuple[str, str], ...], dirs: fsio.Dirs
+    ) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        budget = p.BLOCK_SIZE
+        for path, want in items:
+            status, data = p.Status.OK, b""
+            try:
+                got = folder.read_for_peer(path, want, 0, budget, dirs)
+                if got is None:
+                    status = p.Status.CHANGED
+                elif len(got) >= budget:
+                    status = p.Status.REFUSED  # over the batch budget: ask for it alone
+                else:
+                    data = got
+            except FileNotFoundError:
+                status = p.Status.NO_SUCH_FILE
+            except (OSError, DagsyncError) as exc:
+                log.warning("peer %s asked for %s/%s: %s", self.peer_name, folder.id, path, exc)
+                status = p.Status.ERROR
+            budget -= len(data)
+            out.append((status, data))
+        return out
+
+    async def _serve_signature(self, req: p.SignatureRequest) -> None:
+        async with self._serve_sem, self._signature_sem:
+            folder = self.node.folders.get(req.folder)
+            reply = p.SignatureReply(req.id, p.Status.REFUSED)
+            if folder is not None and req.folder in self.links:
+                try:
+                    reply = await asyncio.to_thread(_signature_reply, folder, req)
+                except FileNotFoundError:
+                    reply = p.SignatureReply(req.id, p.Status.NO_SUCH_FILE)
+                except (OSError, DagsyncError) as exc:
+                    log.warning("peer %s asked for the signature of %s/%s: %s",
+                                self.peer_name, req.folder, req.path, exc)
+                    reply = p.SignatureReply(req.id, p.Status.ERROR)
+            with contextlib.suppress(OSError, ProtocolError, TransportError, ValueError):
+                await self._send_drained(reply)
+
+    async def _serve_ranges(self, req: p.RangeRequest) -> None:
+        async with self._serve_sem:
+            folder = self.node.folders.get(req.folder)
+            if folder is None or req.folder not in self.links:
+                items = tuple((p.Status.REFUSED, b"") for _ in req.ranges)
+            else:
+                items = tuple(await asyncio.to_thread(self._read_ranges, folder, req))
+            with contextlib.suppress(OSError, ProtocolError, TransportError, ValueError):
+                await self._send_drained(p.BatchResponse(req.id, items))
+
+    def _read_ranges(self, folder: FolderEngine, req: p.RangeRequest) -> list[tuple[int, bytes]]:
+        """Each range, whole; a range past the end of the version is refused."""
+        v = folder.version(req.path)
+        size = v.size if v is not None else 0
+        out: list[tuple[int, bytes]] = []
+        with fsio.Dirs(folder.root) as dirs:
+            for offset, length in req.ranges:
+                status, data = p.Status.OK, b""
+                try:
+                    if offset + length > size:
+                        status = p.Status.REFUSED
+                    else:
+                        got = folder.read_for_peer(req.path, req.hash, offset, length, dirs)
+                        if got is None or len(got) != length:
+                            status = p.Status.CHANGED
+                        else:
+                            data = got
+                except FileNotFoundError:
+                    status = p.Status.NO_SUCH_FILE
+                except (OSError, DagsyncError) as exc:
+                    log.warning("peer %s asked for %s/%s: %s", self.peer_name, folder.id,
+                                req.path, exc)
+                    status = p.Status.ERROR
+                out.append((status, data))
+        return out
+
+
+def _signature_reply(folder: FolderEngine, req: p.SignatureRequest) -> p.SignatureReply:
+    """Runs in a worker thread: the signature of the version the peer asked for, only
+    after our content was read whole and checked against that version's hash."""
+    v = folder.version(req.path)
+    if v is None or v.deleted or v.kind is not Kind.FILE or v.hash != req.hash:
+        return p.SignatureReply(req.id, p.Status.CHANGED)
+    if v.size > DELTA_MAX:
+        return p.SignatureReply(req.id, p.Status.REFUSED)
+    data = folder.read_for_peer(req.path, req.hash, 0, v.size + 1)
+    if data is None or len(data) != v.size or xxhash.xxh3_128_hexdigest(data) != v.hash:
+        return p.SignatureReply(req.id, p.Status.CHANGED)
+    sig = delta.signature(data)
+    if len(sig.chunks) > p.MAX_SIGNATURE_CHUNKS:
+        return p.SignatureReply(req.id, p.Status.REFUSED)
+    return p.SignatureReply(req.id, p.Status.OK, sig.target, sig.chunks)
+
