@@ -8,11 +8,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-import xxhash
-
 from dagsync import delta, fsio
 from dagsync import protocol as p
 from dagsync.errors import DagsyncError
+from dagsync.folder_state import content_hash
 from dagsync.model import FileVersion, Kind
 from dagsync.peer_state import (
     DELTA_CONCURRENCY,
@@ -149,7 +148,7 @@ class PeerFetching(PeerState):
         parts = await asyncio.gather(*(self._fetch_ranges(folder_id, v, g) for g in groups))
         fetched = [data for part in parts for data in part]
         data = delta.assemble(plan, old, fetched)
-        if len(data) != v.size or xxhash.xxh3_128_hexdigest(data) != v.hash:
+        if len(data) != v.size or content_hash(data) != v.hash:
             raise FetchFailed("assembled content does not match its hash")
         return data, plan.fetch_bytes
 

@@ -8,11 +8,10 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-import xxhash
-
 from dagsync import delta, fsio
 from dagsync import protocol as p
 from dagsync.errors import DagsyncError, ProtocolError, TransportError
+from dagsync.folder_state import content_hash
 from dagsync.model import Kind
 from dagsync.peer_state import DELTA_MAX, PeerState
 
@@ -28,24 +27,12 @@ class PeerServing(PeerState):
     async def _serve(self, req: p.Request) -> None:
         async with self._serve_sem:
             folder = self.node.folders.get(req.folder)
-            status, data = p.Status.OK, b""
-            if folder is None or req.folder not in self.links:
-                status = p.Status.REFUSED
-            else:
-                try:
-                    got = await asyncio.to_thread(
-                        folder.read_for_peer, req.path, req.hash, req.offset, req.size
-                    )
-                    if got is None:
-                        status = p.Status.CHANGED
-                    else:
-                        data = got
-                except FileNotFoundError:
-                    status = p.Status.NO_SUCH_FILE
-                except (OSError, DagsyncError) as exc:
-                    log.warning("peer %s asked for %s/%s: %s", self.peer_name, req.folder,
-                                req.path, exc)
-                    status = p.Status.ERROR
+            status, data = p.Status.REFUSED, b""
+            if folder is not None and req.folder in self.links:
+                status, got = await asyncio.to_thread(
+                    self._read_one, folder, req.path, req.hash, req.offset, req.size, None
+                )
+                data = got or b""
             with contextlib.suppress(OSError, ProtocolError, TransportError):
                 await self._send_drained(p.Response(req.id, status, data))
 
@@ -59,6 +46,21 @@ class PeerServing(PeerState):
             with contextlib.suppress(OSError, ProtocolError, TransportError, ValueError):
                 await self._send_drained(p.BatchResponse(req.id, items))
 
+    def _read_one(
+        self, folder: FolderEngine, path: str, want: str, offset: int, size: int,
+        dirs: fsio.Dirs | None,
+    ) -> tuple[int, bytes | None]:
+        """One read the peer asked for, in a worker thread: (status, content). A missing
+        file, a changed version or an unreadable one is a status, not an error."""
+        try:
+            got = folder.read_for_peer(path, want, offset, size, dirs)
+        except FileNotFoundError:
+            return p.Status.NO_SUCH_FILE, None
+        except (OSError, DagsyncError) as exc:
+            log.warning("peer %s asked for %s/%s: %s", self.peer_name, folder.id, path, exc)
+            return p.Status.ERROR, None
+        return (p.Status.CHANGED, None) if got is None else (p.Status.OK, got)
+
     def _read_batch(
         self, folder: FolderEngine, items: tuple[tuple[str, str], ...]
     ) -> list[tuple[int, bytes]]:
@@ -71,20 +73,10 @@ class PeerServing(PeerState):
         out: list[tuple[int, bytes]] = []
         budget = p.BLOCK_SIZE
         for path, want in items:
-            status, data = p.Status.OK, b""
-            try:
-                got = folder.read_for_peer(path, want, 0, budget, dirs)
-                if got is None:
-                    status = p.Status.CHANGED
-                elif len(got) >= budget:
-                    status = p.Status.REFUSED  # over the batch budget: ask for it alone
-                else:
-                    data = got
-            except FileNotFoundError:
-                status = p.Status.NO_SUCH_FILE
-            except (OSError, DagsyncError) as exc:
-                log.warning("peer %s asked for %s/%s: %s", self.peer_name, folder.id, path, exc)
-                status = p.Status.ERROR
+            status, got = self._read_one(folder, path, want, 0, budget, dirs)
+            data = got or b""
+            if got is not None and len(got) >= budget:
+                status, data = p.Status.REFUSED, b""  # over the batch budget: ask alone
             budget -= len(data)
             out.append((status, data))
         return out
@@ -122,22 +114,13 @@ class PeerServing(PeerState):
         out: list[tuple[int, bytes]] = []
         with fsio.Dirs(folder.root) as dirs:
             for offset, length in req.ranges:
-                status, data = p.Status.OK, b""
-                try:
-                    if offset + length > size:
-                        status = p.Status.REFUSED
-                    else:
-                        got = folder.read_for_peer(req.path, req.hash, offset, length, dirs)
-                        if got is None or len(got) != length:
-                            status = p.Status.CHANGED
-                        else:
-                            data = got
-                except FileNotFoundError:
-                    status = p.Status.NO_SUCH_FILE
-                except (OSError, DagsyncError) as exc:
-                    log.warning("peer %s asked for %s/%s: %s", self.peer_name, folder.id,
-                                req.path, exc)
-                    status = p.Status.ERROR
+                if offset + length > size:
+                    status, got = p.Status.REFUSED, None
+                else:
+                    status, got = self._read_one(folder, req.path, req.hash, offset, length, dirs)
+                    if got is not None and len(got) != length:
+                        status, got = p.Status.CHANGED, None
+                data = got or b""
                 out.append((status, data))
         return out
 
@@ -151,7 +134,7 @@ def _signature_reply(folder: FolderEngine, req: p.SignatureRequest) -> p.Signatu
     if v.size > DELTA_MAX:
         return p.SignatureReply(req.id, p.Status.REFUSED)
     data = folder.read_for_peer(req.path, req.hash, 0, v.size + 1)
-    if data is None or len(data) != v.size or xxhash.xxh3_128_hexdigest(data) != v.hash:
+    if data is None or len(data) != v.size or content_hash(data) != v.hash:
         return p.SignatureReply(req.id, p.Status.CHANGED)
     sig = delta.signature(data)
     if len(sig.chunks) > p.MAX_SIGNATURE_CHUNKS:
