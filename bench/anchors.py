@@ -289,19 +289,8 @@ class Unison:
         """One timed run (after `sync`: no dirty pages pending)."""
         cmd = self.command(src, dst)
         os.sync()
-        with self.log.open("ab") as lf:
-            lf.write(f"\n$ {' '.join(cmd)}\n".encode())
-            lf.flush()
-            t0 = time.perf_counter()
-            p = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL,
-                                 env={**os.environ, "UNISON": os.fspath(self.client)})
-            PROCS.live[p.pid] = (p, "unison")
-            try:
-                rc = p.wait(1800)
-            finally:
-                PROCS.live.pop(p.pid, None)
-            elapsed = time.perf_counter() - t0
+        rc, elapsed = PROCS.run_timed(cmd, "unison", self.log, 1800,
+                                      env={**os.environ, "UNISON": os.fspath(self.client)})
         if rc != 0:
             raise BenchError(f"unison exited {rc}:\n{tail(self.log)}")
         return elapsed
@@ -636,16 +625,8 @@ def steady_state(base: Path, corpus: Path, files: int, ssh_cfg: Path, runs: int,
 
     # Syncthing: 3 nodes, A seeded, B and C empty; in sync; rescans; idle usage
     dirs = [base / "st-a", base / "st-b", base / "st-c"]
-    copy_tree(corpus, dirs[0])
-    for d in dirs[1:]:
-        empty_dir(d)
-    cl = SyncthingCluster(base / "st-homes", dirs)
+    cl, sync_s = synced_syncthing(base, corpus, dirs, ref, files)
     try:
-        t0 = time.perf_counter()
-        cl.start()
-        wait_tree(dirs[1:], ref, t0, 3600, "syncthing 3-node sync", alive=cl.alive)
-        cl.wait_in_sync(files)
-        sync_s = time.perf_counter() - t0
         log(f"(b) syncthing: 3 nodes in sync with {files} files after {sync_s:.1f} s")
         a = cl.nodes[0]
         rescans = [cl.rescan(a) for _ in range(runs)]
@@ -679,6 +660,25 @@ def steady_state(base: Path, corpus: Path, files: int, ssh_cfg: Path, runs: int,
     return out
 
 
+def synced_syncthing(base: Path, corpus: Path, dirs: list[Path], ref: Tree,
+                     files: int) -> tuple[SyncthingCluster, float]:
+    """A Syncthing full mesh over `dirs` with the corpus on the first, started and in
+    sync; (the cluster, seconds it took). The caller stops it."""
+    copy_tree(corpus, dirs[0])
+    for d in dirs[1:]:
+        empty_dir(d)
+    cl = SyncthingCluster(base / "st-homes", dirs)
+    try:
+        t0 = time.perf_counter()
+        cl.start()
+        wait_tree(dirs[1:], ref, t0, 3600, "syncthing 3-node sync", alive=cl.alive)
+        cl.wait_in_sync(files)
+    except BaseException:
+        cl.stop()
+        raise
+    return cl, time.perf_counter() - t0
+
+
 def propagation_and_burst(base: Path, corpus: Path, files: int, ssh_cfg: Path,
                           slow_trials: int, fast_trials: int, bursts: int,
                           burst_files: int, st_fast_delay: int = 1,
@@ -689,17 +689,10 @@ def propagation_and_burst(base: Path, corpus: Path, files: int, ssh_cfg: Path,
     ref = tree(corpus)
     dirs = [base / "a", base / "b", base / "c"]
 
-    copy_tree(corpus, dirs[0])
-    for d in dirs[1:]:
-        empty_dir(d)
-    cl = SyncthingCluster(base / "st-homes", dirs)
+    cl, sync_s = synced_syncthing(base, corpus, dirs, ref, files)
     try:
-        t0 = time.perf_counter()
-        cl.start()
-        wait_tree(dirs[1:], ref, t0, 3600, "syncthing 3-node sync", alive=cl.alive)
-        cl.wait_in_sync(files)
         st = out["syncthing"]
-        st["three_node_sync_s"] = time.perf_counter() - t0
+        st["three_node_sync_s"] = sync_s
         st["default_fsWatcherDelayS"] = cl.default_delay
         for label, delay, n in ((f"fsWatcherDelayS={cl.default_delay} (default)", None,
                                  slow_trials),

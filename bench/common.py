@@ -64,6 +64,23 @@ class Procs:
         self._write()
         return p
 
+    def run_timed(self, cmd: list[str], name: str, logfile: Path, timeout: float,
+                  env: dict[str, str] | None = None) -> tuple[int, float]:
+        """Run a foreground command to completion, tracked like the daemons (stopped by
+        PID if the harness is interrupted); (exit code, wall seconds)."""
+        with logfile.open("ab") as lf:
+            lf.write(f"\n$ {' '.join(cmd)}\n".encode())
+            lf.flush()
+            t0 = time.perf_counter()
+            p = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, env=env)
+            self.live[p.pid] = (p, name)
+            try:
+                rc = p.wait(timeout)
+            finally:
+                self.live.pop(p.pid, None)
+            return rc, time.perf_counter() - t0
+
     def stop(self, p: subprocess.Popen[bytes] | None, timeout: float = 10) -> int | None:
         if p is None:
             return None

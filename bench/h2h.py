@@ -290,7 +290,7 @@ def render_scale(res: dict[str, Any]) -> list[str]:
           "frames per edit per node | KiB per edit | relay rounds | ms to converge |")
         w("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in sc["sim"]:
-            lay = "full mesh" if r["layout"] == "mesh" else f"{r['masters']} masters as hubs"
+            lay = _layout(r)
             w(f"| {r['nodes']} | {lay} | {r['connections']:,} | {r['connect_frames']:,} | "
               f"{r['frames']:,.0f} | {r['frames'] / r['nodes']:.1f} | {r['kib']:,.0f} | "
               f"{r['rounds']:.1f} | {r['ms']:.0f} |")
@@ -321,7 +321,7 @@ def render_scale(res: dict[str, Any]) -> list[str]:
           "| index a new master receives | every node starts empty (all links) |")
         w("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
         for r in sc["model"]:
-            lay = "full mesh" if r["layout"] == "mesh" else f"{r['masters']} masters as hubs"
+            lay = _layout(r)
             w(f"| {r['nodes']} | {lay} | {r['connections']:,} | {r['worker_peers']} | "
               f"{r['worker_start_index_mb']:,.0f} MB | {r['master_start_index_mb']:,.0f} MB | "
               f"{r['cluster_cold_start_index_gb']:,.1f} GB |")
@@ -375,3 +375,7 @@ def extrapolation(res: dict[str, Any], files: int) -> str:
 
 def plot_links(plots: dict[str, Path], doc: Path) -> dict[str, str]:
     return {k: os.path.relpath(p, doc.parent) for k, p in plots.items()}
+
+
+def _layout(row: dict[str, Any]) -> str:
+    return "full mesh" if row["layout"] == "mesh" else f"{row['masters']} masters as hubs"

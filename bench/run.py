@@ -562,17 +562,7 @@ def timed_rsync(cmd: list[str], logfile: Path, sshd_pid: int | None = None) -> t
         sshd_sessions_done(sshd_pid)
     srv0 = reaped_cpu_s(sshd_pid) if sshd_pid else 0.0
     cli0 = children_cpu_s()
-    with logfile.open("ab") as lf:
-        lf.write(f"\n$ {' '.join(cmd)}\n".encode())
-        lf.flush()
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        PROCS.live[p.pid] = (p, "rsync")
-        try:
-            rc = p.wait(600)
-        finally:
-            PROCS.live.pop(p.pid, None)
-        elapsed = time.perf_counter() - t0
+    rc, elapsed = PROCS.run_timed(cmd, "rsync", logfile, 600)
     if rc != 0:
         raise BenchError(f"rsync exited {rc}: {' '.join(cmd)}\n{tail(logfile)}")
     cpu = children_cpu_s() - cli0
