@@ -230,11 +230,8 @@ class Agent(ControlCommands, PeerLinks):
             await asyncio.sleep(2)
             if sum(f.max_seq for f in node.folders.values()) == seqs:
                 gc.collect()  # a round's garbage in reference cycles goes first
-                for folder in node.folders.values():
-                    async with folder.lock:
-                        await asyncio.to_thread(folder.compact)
                 await asyncio.to_thread(memory.trim)
-                log.debug("memory: records repacked and heap trimmed after a burst")
+                log.debug("memory: heap trimmed after a burst")
                 last = seqs
 
     async def _prune_loop(self) -> None:

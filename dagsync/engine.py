@@ -28,7 +28,6 @@ from dagsync.folder_state import (
     Planned,
     content_hash,
     lstat_key,
-    parents_of,
 )
 from dagsync.index import LocalStat
 from dagsync.local_changes import LocalChanges, ScanSummary
@@ -106,13 +105,6 @@ class FolderEngine(RemoteApply, LocalChanges):
                     self.temp_dir = self.private_temp
 
         await asyncio.to_thread(load)
-
-    def compact(self) -> None:
-        """Repack the in-memory records after a bulk round (see RecordStore.compact);
-        runs in a worker thread, under the folder lock, while the agent is idle."""
-        self.index.drop_caches()
-        self.records.compact()
-        self._dirs = {d for path in self.records for d in parents_of(path)}
 
     def digest(self) -> str:
         """One hash over every live file's path, content, mode and mtime: equal digests

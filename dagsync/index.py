@@ -419,11 +419,6 @@ class Index:
                 (stat.size, stat.mtime_ns, stat.inode, folder, path),
             )
 
-    def drop_caches(self) -> None:
-        """Forget parsed version vectors. Filled while a bulk round reads records, they
-        would stay scattered over the allocator's arenas and keep them from being freed."""
-        self._vv_cache = {}
-
     def paths_with_hash(self, folder: str, content_hash: str, limit: int = 8) -> list[str]:
         """Live paths recorded with this content hash (a few are enough)."""
         with self._db() as c:

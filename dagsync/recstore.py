@@ -26,7 +26,6 @@ _STAT_AT = struct.calcsize("<BBIqqqq")
 _SEQ = struct.Struct("<q")  # the sequence number, at _SEQ_AT
 _SEQ_AT = struct.calcsize("<BBIqqq")
 _PAIR = struct.Struct("<HQ")  # one vector entry: node id, counter
-_LENGTHS = struct.Struct("<II")  # key and record lengths in compact()
 _DELETED, _HAS_STAT, _HEX_HASH = 1, 2, 4
 _KINDS = list(Kind)
 _KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
@@ -84,30 +83,6 @@ class RecordStore(MutableMapping[str, Record]):
 
     def __getitem__(self, path: str) -> Record:
         return self._unpack(path, self._packed[path])
-
-    def compact(self) -> None:
-        """Rebuild every path and packed record in fresh memory, to give back the memory
-        a bulk round left fragmented. Records built amid that round's short-lived objects
-        pin half-empty allocator arenas; copying them in place would only fill holes in
-        those same arenas. So all records are first serialised into one blob (outside the
-        small-object allocator), the originals dropped, which empties the arenas they
-        pinned, and then rebuilt densely from the blob."""
-        parts: list[bytes] = []
-        for path, raw in self._packed.items():
-            name = path.encode("utf-8", "surrogatepass")
-            parts.append(_LENGTHS.pack(len(name), len(raw)) + name + raw)
-        blob = b"".join(parts)
-        del parts
-        self._packed = {}  # the old keys and records are freed here
-        packed: dict[str, bytes] = {}
-        at, end = 0, len(blob)
-        while at < end:
-            klen, rlen = _LENGTHS.unpack_from(blob, at)
-            at += _LENGTHS.size
-            key = blob[at : at + klen].decode("utf-8", "surrogatepass")
-            packed[key] = blob[at + klen : at + klen + rlen]
-            at += klen + rlen
-        self._packed = packed
 
     def seq(self, path: str) -> int | None:
         """The record's local sequence number, without building the record."""

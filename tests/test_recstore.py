@@ -57,12 +57,3 @@ def test_mapping_behaviour() -> None:
     del store["a.py"]
     assert list(store.keys()) == ["b.py"] and store["b.py"].version.path == "b.py"
 
-
-@given(st.lists(records(), max_size=30))
-def test_compact_keeps_every_record(recs: list[Record]) -> None:
-    store = RecordStore()
-    for rec in recs:
-        store[rec.version.path] = rec
-    before = {path: store[path] for path in store}
-    store.compact()
-    assert {path: store[path] for path in store} == before
