@@ -98,55 +98,24 @@ def _open_child_dir(parent_fd: int, name: str, create: bool) -> int:
     return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
 
 
-def _walk(root: Path, relpath: str, *, create: bool, keep: bool) -> list[int]:
-    """Open [root, dir1, ..., parent] of `relpath`, or only [parent] unless `keep`.
-
-    Raises PathRefused if a parent is a symlink or not a directory; FileNotFoundError if
-    a parent is missing and `create` is false. The caller closes what it gets.
-    """
-    parts = relpath.split("/")[:-1]
-    fds = [_open_root(root)]
-    try:
-        for i, name in enumerate(parts):
-            try:
-                fd = _open_child_dir(fds[-1], name, create)
-            except OSError as e:
-                if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    shown = "/".join(parts[: i + 1])
-                    raise PathRefused(
-                        f"refused path {relpath!r}: parent {shown!r} is a symlink or "
-                        f"not a directory in {str(root)!r}"
-                    ) from None
-                raise
-            if not keep:
-                os.close(fds.pop())
-            fds.append(fd)
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds
-
-
 @contextlib.contextmanager
 def _parent_chain(root: Path, relpath: str, *, create: bool) -> Iterator[list[int]]:
-    """Yield the fds [root, dir1, ..., parent] of `relpath`'s directories, then close them."""
-    fds = _walk(root, relpath, create=create, keep=True)
-    try:
-        yield fds
-    finally:
-        for fd in reversed(fds):
-            os.close(fd)
+    """Yield the fds [root, dir1, ..., parent] of `relpath`'s directories, then close them.
+
+    Raises PathRefused if a parent is a symlink or not a directory; FileNotFoundError if
+    a parent is missing and `create` is false.
+    """
+    parts = relpath.split("/")[:-1]
+    with Dirs(root) as ds:
+        yield [ds.dir("/".join(parts[:i]), relpath, create=create)
+               for i in range(len(parts) + 1)]
 
 
 @contextlib.contextmanager
 def _parent(root: Path, relpath: str, *, create: bool) -> Iterator[int]:
     """Yield an fd of `relpath`'s parent directory, reached without following symlinks."""
-    (fd,) = _walk(root, relpath, create=create, keep=False)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+    with Dirs(root) as ds:
+        yield ds.parent(relpath, create=create)
 
 
 class Dirs:
@@ -154,7 +123,7 @@ class Dirs:
 
     Walking a file's parents costs two syscalls per level, per file; a batch of files in
     a few directories opens each directory once (O_DIRECTORY|O_NOFOLLOW, one level at a
-    time from the root, as _walk does). An fd keeps naming the directory it was opened
+    time from the root). An fd keeps naming the directory it was opened
     on, so a swap of a parent for a symlink after the walk still cannot redirect a write
     outside the folder. Use it for one batch and close it before removing directories,
     so nothing is written into a directory removed meanwhile.
