@@ -147,7 +147,7 @@ class PeerFetching(PeerState):
         groups = delta.batches(plan.fetch, p.BLOCK_SIZE, p.MAX_RANGES)
         parts = await asyncio.gather(*(self._fetch_ranges(folder_id, v, g) for g in groups))
         fetched = [data for part in parts for data in part]
-        data = delta.assemble(plan, old, fetched)
+        data = await asyncio.to_thread(delta.assemble, plan, old, fetched)  # up to 32 MiB
         if len(data) != v.size or content_hash(data) != v.hash:
             raise FetchFailed("assembled content does not match its hash")
         return data, plan.fetch_bytes
