@@ -1,17 +1,27 @@
-"""A folder's records in memory, packed: one bytes object per path.
+"""A folder's records in memory, packed into one buffer: no Python object per path.
 
 The engine looks records up by path all the time (the scanner's stat compare, deciding
 remote entries, serving peers), so they stay in memory. As objects a record costs a
 Record, a FileVersion, a LocalStat, a VersionVector, a dozen ints and strings: ~750 B,
-15 MB at 20,000 files, most of an idle agent's heap. Packed into one bytes object
-beside its path it costs ~200 B. Records are rebuilt on access (a few microseconds);
-the scanner's hot lookup, known_stat(), unpacks the stat fields only.
+15 MB at 20,000 files. Packed beside its path it costs ~230 B. Where the packed bytes
+live matters as much as their size: 40,000 small long-lived objects (a key and a value
+per path) made during an initial sync land between that sync's short-lived objects and
+keep CPython's 1 MiB allocator arenas from ever being freed (measured: an idle receiver
+kept ~15 MB of such arenas). So entries live in one bytearray, found through an
+open-addressing table of two arrays (key hash, entry offset); both are single large
+allocations that the C allocator holds, not the small-object one.
+
+Records are rebuilt on access (a few microseconds); the scanner's hot lookup,
+stat(), unpacks the stat fields only. Worker threads (scan, apply) and the event loop
+share one store, so every public method holds a lock.
 """
 
 from __future__ import annotations
 
 import struct
 import sys
+import threading
+from array import array
 from collections.abc import Iterator, MutableMapping
 
 from dagsync.clock import VersionVector
@@ -25,10 +35,24 @@ _STAT = struct.Struct("<qqQ")  # the stat fields, at _STAT_AT
 _STAT_AT = struct.calcsize("<BBIqqqq")
 _SEQ = struct.Struct("<q")  # the sequence number, at _SEQ_AT
 _SEQ_AT = struct.calcsize("<BBIqqq")
+_MODE = struct.Struct("<I")  # the mode bits, at _MODE_AT
+_MODE_AT = 2
 _PAIR = struct.Struct("<HQ")  # one vector entry: node id, counter
 _DELETED, _HAS_STAT, _HEX_HASH = 1, 2, 4
 _KINDS = list(Kind)
 _KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
+
+# An entry in the buffer: key length (its top bit set once the entry is dead), record
+# length, the key (UTF-8, surrogateescape), the packed record.
+_ENTRY = struct.Struct("<II")
+_DEAD_BIT = 0x8000_0000
+_EMPTY, _GONE = -1, -2  # table slots: never used; used by a removed key
+_MIN_SLOTS = 8
+_COMPACT_AT = 64 * 1024  # dead bytes before compaction is considered
+
+
+def _encode(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
 
 
 class _Names:
@@ -60,42 +84,198 @@ def _hash_bytes(h: str) -> tuple[bytes, bool]:
 
 class RecordStore(MutableMapping[str, Record]):
     """path -> Record, stored packed. Mode bits of the stat are the version's (what
-    the scanner compares: a chmod alone is a change)."""
+    the scanner compares: a chmod alone is a change). Iteration order is not defined."""
 
     def __init__(self) -> None:
-        self._packed: dict[str, bytes] = {}
         self._names = _Names()
+        self._lock = threading.Lock()
+        self._buf = bytearray()
+        self._dead = 0  # bytes of dead entries in _buf
+        self._len = 0
+        self._filled = 0  # slots not _EMPTY (live and _GONE)
+        self._hashes = array("q", bytes(8 * _MIN_SLOTS))
+        self._offsets = array("q", [_EMPTY]) * _MIN_SLOTS
+
+    # --- the mapping ------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._packed)
+        return self._len
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._packed)
+        """A snapshot of the keys: the store may change while the caller iterates."""
+        with self._lock:
+            keys = [
+                bytes(self._buf[at + 8 : at + 8 + klen]).decode("utf-8", "surrogateescape")
+                for at, klen, _ in self._entries()
+            ]
+        return iter(keys)
 
     def __contains__(self, path: object) -> bool:
-        return path in self._packed
+        if not isinstance(path, str):
+            return False
+        with self._lock:
+            return self._find(path, _encode(path))[1] >= 0
 
     def __delitem__(self, path: str) -> None:
-        del self._packed[path]
+        with self._lock:
+            slot, at = self._find(path, _encode(path))
+            if at < 0:
+                raise KeyError(path)
+            self._kill(at)
+            self._offsets[slot] = _GONE
+            self._len -= 1
+            self._maybe_compact()
 
     def __setitem__(self, path: str, rec: Record) -> None:
-        self._packed[path] = self._pack(rec)
+        key = _encode(path)
+        with self._lock:
+            packed = self._pack(rec)
+            slot, at = self._find(path, key)
+            if at >= 0:
+                klen, rlen = _ENTRY.unpack_from(self._buf, at)
+                if rlen == len(packed):  # same shape: overwrite in place
+                    start = at + 8 + klen
+                    self._buf[start : start + rlen] = packed
+                    return
+                self._kill(at)
+                self._offsets[slot] = self._append(key, packed)
+                self._maybe_compact()
+                return
+            if self._filled + 1 > len(self._offsets) * 2 // 3:
+                self._rehash(max(_MIN_SLOTS, 2 * (self._len + 1)))
+                slot = self._free_slot(hash(path))
+            if self._offsets[slot] == _EMPTY:
+                self._filled += 1
+            self._hashes[slot] = hash(path)
+            self._offsets[slot] = self._append(key, packed)
+            self._len += 1
 
     def __getitem__(self, path: str) -> Record:
-        return self._unpack(path, self._packed[path])
+        with self._lock:
+            at = self._find(path, _encode(path))[1]
+            if at < 0:
+                raise KeyError(path)
+            klen, _ = _ENTRY.unpack_from(self._buf, at)
+            return self._unpack(path, self._buf, at + 8 + klen)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._buf = bytearray()
+            self._dead = self._len = self._filled = 0
+            self._hashes = array("q", bytes(8 * _MIN_SLOTS))
+            self._offsets = array("q", [_EMPTY]) * _MIN_SLOTS
+
+    # --- the scanner's and the sender's fast paths ---------------------------------
 
     def seq(self, path: str) -> int | None:
         """The record's local sequence number, without building the record."""
-        raw = self._packed.get(path)
-        return None if raw is None else int(_SEQ.unpack_from(raw, _SEQ_AT)[0])
+        with self._lock:
+            start = self._record_at(path)
+            return None if start < 0 else int(_SEQ.unpack_from(self._buf, start + _SEQ_AT)[0])
 
     def stat(self, path: str) -> LocalStat | None:
         """known_stat(): the stat of a live record, without building the record."""
-        raw = self._packed.get(path)
-        if raw is None or raw[1] & (_DELETED | _HAS_STAT) != _HAS_STAT:
-            return None
-        size, mtime_ns, inode = _STAT.unpack_from(raw, _STAT_AT)
-        return LocalStat(size, mtime_ns, inode, int.from_bytes(raw[2:6], "little"))
+        with self._lock:
+            start = self._record_at(path)
+            if start < 0 or self._buf[start + 1] & (_DELETED | _HAS_STAT) != _HAS_STAT:
+                return None
+            size, mtime_ns, inode = _STAT.unpack_from(self._buf, start + _STAT_AT)
+            mode = _MODE.unpack_from(self._buf, start + _MODE_AT)[0]
+            return LocalStat(size, mtime_ns, inode, mode)
+
+    # --- the table ---------------------------------------------------------------
+
+    def _find(self, path: str, key: bytes) -> tuple[int, int]:
+        """(slot, entry offset) of path; offset -1 when absent, slot then the first slot
+        an insert may take."""
+        h = hash(path)
+        mask = len(self._offsets) - 1
+        slot = h & mask
+        free = -1
+        hashes, offsets, buf = self._hashes, self._offsets, self._buf
+        while True:
+            at = offsets[slot]
+            if at == _EMPTY:
+                return (slot if free < 0 else free), -1
+            if at == _GONE:
+                if free < 0:
+                    free = slot
+            elif hashes[slot] == h:
+                klen = _ENTRY.unpack_from(buf, at)[0]
+                if klen == len(key) and buf.startswith(key, at + 8):
+                    return slot, at
+            slot = (slot + 1) & mask
+
+    def _free_slot(self, h: int) -> int:
+        mask = len(self._offsets) - 1
+        slot = h & mask
+        while self._offsets[slot] >= 0:
+            slot = (slot + 1) & mask
+        return slot
+
+    def _record_at(self, path: str) -> int:
+        at = self._find(path, _encode(path))[1]
+        if at < 0:
+            return -1
+        klen: int = _ENTRY.unpack_from(self._buf, at)[0]
+        return at + 8 + klen
+
+    def _append(self, key: bytes, packed: bytes) -> int:
+        at = len(self._buf)
+        self._buf += _ENTRY.pack(len(key), len(packed))
+        self._buf += key
+        self._buf += packed
+        return at
+
+    def _kill(self, at: int) -> None:
+        klen, rlen = _ENTRY.unpack_from(self._buf, at)
+        _ENTRY.pack_into(self._buf, at, klen | _DEAD_BIT, rlen)
+        self._dead += 8 + klen + rlen
+
+    def _entries(self) -> Iterator[tuple[int, int, int]]:
+        """(offset, key length, record length) of every live entry, in buffer order."""
+        buf, at, end = self._buf, 0, len(self._buf)
+        while at < end:
+            klen, rlen = _ENTRY.unpack_from(buf, at)
+            if not klen & _DEAD_BIT:
+                yield at, klen, rlen
+            at += 8 + (klen & ~_DEAD_BIT) + rlen
+
+    def _rehash(self, live: int) -> None:
+        """A table with room for `live` entries at under 2/3 load; drops _GONE slots."""
+        size = _MIN_SLOTS
+        while size * 2 // 3 < live:
+            size *= 2
+        old_hashes, old_offsets = self._hashes, self._offsets
+        self._hashes = array("q", bytes(8 * size))
+        self._offsets = array("q", [_EMPTY]) * size
+        mask = size - 1
+        for h, at in zip(old_hashes, old_offsets, strict=True):
+            if at >= 0:
+                slot = h & mask
+                while self._offsets[slot] != _EMPTY:
+                    slot = (slot + 1) & mask
+                self._hashes[slot] = h
+                self._offsets[slot] = at
+        self._filled = self._len
+
+    def _maybe_compact(self) -> None:
+        """Rewrite the buffer without dead entries once they are half of it."""
+        if self._dead < _COMPACT_AT or self._dead * 2 < len(self._buf):
+            return
+        old = self._buf
+        moved: dict[int, int] = {}
+        new = bytearray()
+        for at, klen, rlen in self._entries():
+            moved[at] = len(new)
+            new += old[at : at + 8 + klen + rlen]
+        for slot, at in enumerate(self._offsets):
+            if at >= 0:
+                self._offsets[slot] = moved[at]
+        self._buf = new
+        self._dead = 0
+
+    # --- packing -------------------------------------------------------------------
 
     def _pack(self, rec: Record) -> bytes:
         v, st = rec.version, rec.stat
@@ -112,19 +292,19 @@ class RecordStore(MutableMapping[str, Record]):
         )
         return head + pairs + hsh + target
 
-    def _unpack(self, path: str, raw: bytes) -> Record:
+    def _unpack(self, path: str, buf: bytearray, start: int) -> Record:
         (kind, flags, mode, size, mtime_ns, hlc, seq, ss, sm, si, origin, npairs, hlen,
-         tlen) = _HEAD.unpack_from(raw)
+         tlen) = _HEAD.unpack_from(buf, start)
         names = self._names.names
-        at = _HEAD.size
+        at = start + _HEAD.size
         counters = []
         for _ in range(npairs):
-            node, count = _PAIR.unpack_from(raw, at)
+            node, count = _PAIR.unpack_from(buf, at)
             counters.append((names[node], count))
             at += _PAIR.size
-        hsh = raw[at : at + hlen]
+        hsh = bytes(buf[at : at + hlen])
         at += hlen
-        target = raw[at : at + tlen].decode("utf-8", "surrogateescape")
+        target = bytes(buf[at : at + tlen]).decode("utf-8", "surrogateescape")
         version = FileVersion(
             path, _KINDS[kind], size, mtime_ns, mode,
             hsh.hex() if flags & _HEX_HASH else hsh.decode("utf-8", "surrogateescape"),
