@@ -217,18 +217,22 @@ class Agent(ControlCommands, PeerLinks):
         return healthz(await self.status(False))
 
     async def _trim_when_idle(self) -> None:
-        """After a burst of work (initial sync, big rounds), give memory back once the
-        node has been quiet for a few seconds."""
+        """After a burst of work (initial sync, big rounds, serving a peer's initial
+        sync), give memory back once the node has been quiet for a few seconds."""
         node = self.node
         assert node is not None
+
+        def work() -> int:
+            return sum(f.max_seq for f in node.folders.values()) + node.served
+
         last = -1
         while True:
             await asyncio.sleep(5)
-            seqs = sum(f.max_seq for f in node.folders.values())
+            seqs = work()
             if seqs == last:
                 continue
             await asyncio.sleep(2)
-            if sum(f.max_seq for f in node.folders.values()) == seqs:
+            if work() == seqs:
                 gc.collect()  # a round's garbage in reference cycles goes first
                 await asyncio.to_thread(memory.trim)
                 log.debug("memory: heap trimmed after a burst")

@@ -99,6 +99,9 @@ class Node:
         self.connections: dict[str, PeerConnection] = {}
         self.peers: dict[str, PeerState] = {p.name: PeerState(p.name) for p in config.peers}
         self.connection_changed = asyncio.Event()
+        # Files and index entries served to peers: work that changes no sequence number
+        # but leaves garbage behind (the agent trims memory once it stops moving).
+        self.served = 0
 
     async def open(self) -> None:
         for folder in self.folders.values():

@@ -33,6 +33,7 @@ class PeerServing(PeerState):
                     self._read_one, folder, req.path, req.hash, req.offset, req.size, None
                 )
                 data = got or b""
+                self.node.served += 1
             with contextlib.suppress(OSError, ProtocolError, TransportError):
                 await self._send_drained(p.Response(req.id, status, data))
 
@@ -43,6 +44,7 @@ class PeerServing(PeerState):
                 items = tuple((p.Status.REFUSED, b"") for _ in req.items)
             else:
                 items = tuple(await asyncio.to_thread(self._read_batch, folder, req.items))
+                self.node.served += len(items)
             with contextlib.suppress(OSError, ProtocolError, TransportError, ValueError):
                 await self._send_drained(p.BatchResponse(req.id, items))
 
