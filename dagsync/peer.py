@@ -221,7 +221,7 @@ class PeerConnection(PeerServing, PeerFetching):
                 self._dispatch(msg)
 
     def _dispatch(self, msg: p.Message) -> None:
-        if isinstance(msg, p.Index):
+        if isinstance(msg, p.IndexFrame | p.Index):
             link = self._link(msg.folder)
             if msg.index_id != link.their_index_id:
                 raise ProtocolError(f"index id of folder {msg.folder!r} changed mid-connection")

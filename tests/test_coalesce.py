@@ -74,3 +74,37 @@ def test_echo_notes_the_sender_will_never_consume_are_dropped() -> None:
     lk.echo.update((e.path, e) for e in entries)
     _forget_echoes(lk, entries, applied=["applied.py"])
     assert sorted(lk.echo) == ["applied.py", "unsent.py"]
+
+
+def received(msg: p.Index) -> p.IndexFrame:
+    """`msg` as a Session hands it over: checked, its entries still encoded."""
+    frame = p.decode_body(2, p.encode(msg)[5:])
+    assert isinstance(frame, p.IndexFrame)
+    return frame
+
+
+def test_received_batches_wait_encoded_and_merge_when_applied() -> None:
+    lk = link()
+    second = received(index(2, 4, version("b.py", 3), version("a.py", 4), caught_up=True))
+    assert (second.from_seq, second.last_seq, second.count) == (2, 4, 2)
+    assert p.encode(second) == p.encode(second.decode())  # relayed as it came
+    lk.inbox.put_nowait(second)
+    merged = _coalesce(lk, received(index(0, 2, version("a.py", 1))))
+    assert isinstance(merged, p.Index)
+    assert (merged.from_seq, merged.last_seq, merged.caught_up) == (0, 4, True)
+    assert {e.path: e.hlc for e in merged.entries} == {"a.py": 4, "b.py": 3}
+
+
+def test_a_round_stops_merging_at_its_entry_cap(monkeypatch: Any) -> None:
+    """An initial sync arrives as many batches; a round takes a few, the rest wait."""
+    import dagsync.folder_link as fl
+
+    monkeypatch.setattr(fl, "COALESCE_ENTRIES", 4)
+    lk = link()
+    for n in range(1, 5):  # four more batches of two entries each
+        lk.inbox.put_nowait(received(index(2 * n, 2 * n + 2, version(f"{n}a.py", 2 * n + 1),
+                                           version(f"{n}b.py", 2 * n + 2))))
+    merged = _coalesce(lk, received(index(0, 2, version("x.py", 1), version("y.py", 2))))
+    assert (merged.from_seq, merged.last_seq, len(merged.entries)) == (0, 4, 4)
+    assert lk.inbox.qsize() == 3 and all(isinstance(m, p.IndexFrame)
+                                         for m in lk.inbox._queue)  # type: ignore[attr-defined]

@@ -107,10 +107,10 @@ class Endpoint:
     def dispatch(self, msg: p.Message) -> None:
         if isinstance(msg, p.Hello):
             self._accept_hello(msg)
-        elif isinstance(msg, p.Index):
+        elif isinstance(msg, p.IndexFrame | p.Index):
             if msg.index_id != self.their_index_id:
                 raise ProtocolError("index id changed mid-connection")
-            self.inbox.append(msg)
+            self.inbox.append(msg.decode())
             self.inbox_starts.append(self.index_starts.popleft())
             self._pull_next()
         elif isinstance(msg, p.Request | p.BatchRequest):
