@@ -7,7 +7,6 @@ uses. Two arenas and an occasional malloc_trim(0) fix that. No-ops off glibc."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger("dagsync.memory")
@@ -19,11 +18,10 @@ _libc: ctypes.CDLL | None = None
 def _glibc() -> ctypes.CDLL | None:
     global _libc
     if _libc is None:
-        name = ctypes.util.find_library("c")
-        if name is None:
-            return None
         try:
-            lib = ctypes.CDLL(name)
+            # The process's own symbols, libc's among them: no find_library, which runs
+            # ldconfig (or gcc) in a subprocess at every agent start.
+            lib = ctypes.CDLL(None)
             lib.malloc_trim  # noqa: B018 - probe: only glibc has it
             lib.mallopt  # noqa: B018
         except (OSError, AttributeError):
