@@ -253,9 +253,12 @@ class LocalChanges(FolderState):
         self.guard_problem = ""
         blocked = tuple(d.rstrip("/") + "/" for d in result.unreadable_dirs)
         out: list[tuple[FileVersion, LocalStat | None]] = []
+        present = result.present
         for path in candidates:
+            if path in present or path.startswith(blocked):
+                continue  # decided without building the record: most paths, every scan
             v = self.records[path].version
-            if v.deleted or path in result.present or path.startswith(blocked):
+            if v.deleted:
                 continue
             if self.ignore.ignored(path, False) or lstat_key(self.root, path) is not None:
                 continue

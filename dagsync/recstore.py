@@ -45,6 +45,7 @@ _KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
 # An entry in the buffer: key length (its top bit set once the entry is dead), record
 # length, the key (UTF-8, surrogateescape), the packed record.
 _ENTRY = struct.Struct("<II")
+_KLEN = struct.Struct("<I")  # an entry's key length, alone
 _DEAD_BIT = 0x8000_0000
 _EMPTY, _GONE = -1, -2  # table slots: never used; used by a removed key
 _MIN_SLOTS = 8
@@ -152,11 +153,10 @@ class RecordStore(MutableMapping[str, Record]):
 
     def __getitem__(self, path: str) -> Record:
         with self._lock:
-            at = self._find(path, _encode(path))[1]
-            if at < 0:
+            start = self._record_at(path)
+            if start < 0:
                 raise KeyError(path)
-            klen, _ = _ENTRY.unpack_from(self._buf, at)
-            return self._unpack(path, self._buf, at + 8 + klen)
+            return self._unpack(path, self._buf, start)
 
     def clear(self) -> None:
         with self._lock:
@@ -174,10 +174,25 @@ class RecordStore(MutableMapping[str, Record]):
             return None if start < 0 else int(_SEQ.unpack_from(self._buf, start + _SEQ_AT)[0])
 
     def stat(self, path: str) -> LocalStat | None:
-        """known_stat(): the stat of a live record, without building the record."""
+        """known_stat(): the stat of a live record, without building the record. The
+        scanner asks once per file on every scan: one call, the probe inlined."""
+        key = _encode(path)
+        n = len(key)
+        h = hash(path)
         with self._lock:
-            start = self._record_at(path)
-            if start < 0 or self._buf[start + 1] & (_DELETED | _HAS_STAT) != _HAS_STAT:
+            hashes, offsets, buf = self._hashes, self._offsets, self._buf
+            mask = len(offsets) - 1
+            slot = h & mask
+            while True:
+                at = offsets[slot]
+                if at == _EMPTY:
+                    return None
+                if (at >= 0 and hashes[slot] == h and buf.startswith(key, at + 8)
+                        and _KLEN.unpack_from(buf, at)[0] == n):
+                    break
+                slot = (slot + 1) & mask
+            start = at + 8 + n
+            if buf[start + 1] & (_DELETED | _HAS_STAT) != _HAS_STAT:
                 return None
             size, mtime_ns, inode = _STAT.unpack_from(self._buf, start + _STAT_AT)
             mode = _MODE.unpack_from(self._buf, start + _MODE_AT)[0]
@@ -200,10 +215,9 @@ class RecordStore(MutableMapping[str, Record]):
             if at == _GONE:
                 if free < 0:
                     free = slot
-            elif hashes[slot] == h:
-                klen = _ENTRY.unpack_from(buf, at)[0]
-                if klen == len(key) and buf.startswith(key, at + 8):
-                    return slot, at
+            elif (hashes[slot] == h and buf.startswith(key, at + 8)
+                  and _KLEN.unpack_from(buf, at)[0] == len(key)):
+                return slot, at
             slot = (slot + 1) & mask
 
     def _free_slot(self, h: int) -> int:
@@ -214,11 +228,9 @@ class RecordStore(MutableMapping[str, Record]):
         return slot
 
     def _record_at(self, path: str) -> int:
-        at = self._find(path, _encode(path))[1]
-        if at < 0:
-            return -1
-        klen: int = _ENTRY.unpack_from(self._buf, at)[0]
-        return at + 8 + klen
+        key = _encode(path)
+        at = self._find(path, key)[1]
+        return -1 if at < 0 else at + 8 + len(key)  # a found entry's key is `key`
 
     def _append(self, key: bytes, packed: bytes) -> int:
         at = len(self._buf)
