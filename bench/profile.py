@@ -5,6 +5,7 @@
     python bench/profile.py burst   [--files 5000]   # py-spy on A, B, C during a 1,000-file burst
     python bench/profile.py latency                  # per-edit timeline from the agents' JSON logs
     python bench/profile.py mem     [--files 20000]  # RSS baselines + tracemalloc of the index
+    python bench/profile.py idle-mem [--restart]      # (e) in phases, RSS by mapping kind
     python bench/profile.py rescan  [--files 20000]  # walk vs register split + cProfile
 
 Needs py-spy (`pip install py-spy`). Uses bench/run.py's nodes, corpus and process
@@ -341,11 +342,88 @@ def scenario_mem(work: Path, files: int) -> None:
     asyncio.run(index_cost())
 
 
+def smaps_breakdown(pid: int) -> str:
+    """Resident memory of `pid` by kind: anonymous mappings (CPython's allocator arenas,
+    thread heaps), the brk heap (glibc's main arena), and file-backed pages (shared
+    libraries), with the largest libraries."""
+    rss: collections.Counter[str] = collections.Counter()
+    name = ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=5)
+            if "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping line
+                path = head[5].strip() if len(head) > 5 else ""
+                name = os.path.basename(path) if path.startswith("/") else (path or "[anon]")
+            elif line.startswith("Rss:"):
+                rss[name] += int(line.split()[1])
+    anon, heap = rss.pop("[anon]", 0), rss.pop("[heap]", 0)
+    files = sum(v for k, v in rss.items() if not k.startswith("["))
+    top = ", ".join(f"{k} {v / 1024:.1f}" for k, v in rss.most_common(5)
+                    if not k.startswith("["))
+    return (f"anon {anon / 1024:.1f}, heap {heap / 1024:.1f}, files {files / 1024:.1f} MiB "
+            f"({top})")
+
+
+def scenario_idle_mem(work: Path, files: int, restart: bool) -> None:
+    """bench/run.py (e) in phases: A alone after indexing the corpus, then all three
+    after B and C's initial sync, then (--restart) the same agents freshly started."""
+    corpus_dir, _ = R.corpus(work, files)
+    base = work / "profile" / "idle-mem"
+    R.empty_dir(base)
+    nodes = [R.Node(n, base / n) for n in ("a", "b", "c")]
+    R.mesh(nodes)
+    a, b, c = nodes
+    R.copy_tree(corpus_dir, a.dags)
+    ref = R.snapshot(a.dags)
+
+    def report(what: str, ns: list[Any]) -> None:
+        time.sleep(12)  # past the agent's idle trim (5 s quiet + 2 s)
+        print(f"### {what}")
+        for n in ns:
+            m = R.proc_mem_kib(n.proc.pid)
+            print(f"  {n.name}: RSS {m['VmRSS'] / 1024:.1f} MiB (peak {m['VmHWM'] / 1024:.1f}); "
+                  f"{smaps_breakdown(n.proc.pid)}")
+
+    try:
+        a.start()
+        a.wait_ready(600)
+        report(f"A alone, after indexing {len(ref)} files", [a])
+        t0 = time.perf_counter()
+        b.start()
+        c.start()
+        t, _ = R.wait_converged([b, c], ref, t0, 900, poll=0.05, procs=nodes)
+        print(f"B and C complete {t:.2f} s after their agents started")
+        report("after the initial sync", nodes)
+        if restart:
+            for n in nodes:
+                n.stop()
+            for n in nodes:
+                n.start()
+            for n in nodes:
+                n.wait_ready(600)
+            report("the same agents, restarted", nodes)
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def _stdlib_profilers() -> tuple[Any, Any]:
+    """cProfile and pstats from the standard library: they import the module `profile`,
+    which this file's own name shadows while bench/ leads sys.path."""
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+    try:
+        import cProfile
+        import pstats
+    finally:
+        sys.path[:] = saved
+    return cProfile, pstats
+
+
 def scenario_rescan(work: Path, files: int, runs: int = 7) -> None:
     """Split a no-change rescan (what Node.scan_all does) into the walk (scan_folder) and
     the registration (FolderEngine._register), then cProfile both."""
-    import cProfile
-    import pstats
+    cProfile, pstats = _stdlib_profilers()
     import statistics as st
 
     import yaml
@@ -409,10 +487,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenario",
-                    choices=("initial", "burst", "latency", "mem", "rescan", "analyze"))
+                    choices=("initial", "burst", "latency", "mem", "idle-mem", "rescan",
+                             "analyze"))
     ap.add_argument("raw", nargs="*", type=Path, help="analyze: raw py-spy files")
     ap.add_argument("--files", type=int, default=None)
     ap.add_argument("--edits", type=int, default=40)
+    ap.add_argument("--fresh-fs", type=int, default=0, metavar="GIB",
+                    help="work on a fresh loop-mounted ext4 of this size (as bench/run.py "
+                         "does: a churned ext4 slows creates for minutes)")
+    ap.add_argument("--restart", action="store_true",
+                    help="idle-mem: also measure the agents freshly restarted")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
     ap.add_argument("--nice", type=int, default=0)
     ap.add_argument("--src", type=Path, default=None,
@@ -424,6 +508,8 @@ def main() -> int:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.fresh_fs:
+        R.mount_fresh_fs(work, args.fresh_fs)
     R.load_dagsync(args.src.resolve() if args.src else R.snapshot_source(work / "src-profile"))
     R.PROCS.pidfile = work / "pids-profile"
     atexit.register(R.PROCS.stop_all)
@@ -442,6 +528,8 @@ def main() -> int:
             scenario_latency(work, args.files or 5000, args.edits)
         elif args.scenario == "rescan":
             scenario_rescan(work, args.files or 20000)
+        elif args.scenario == "idle-mem":
+            scenario_idle_mem(work, args.files or 20000, args.restart)
         else:
             scenario_mem(work, args.files or 20000)
     finally:
