@@ -1351,7 +1351,8 @@ def render(res: dict[str, Any], json_rel: str, plots: dict[str, str] | None = No
         w("")
         w("The dagsync side of the figures above, with what is inside them. Where an "
           "initial sync spends its time, and what is left to gain: "
-          "[initial-sync.md](initial-sync.md).")
+          "[initial-sync.md](initial-sync.md); where an idle agent's memory goes: "
+          "[memory.md](memory.md).")
         w("")
     ini = res.get("initial")
     if ini and "rsync_ssh" in ini:
