@@ -174,25 +174,10 @@ class RecordStore(MutableMapping[str, Record]):
             return None if start < 0 else int(_SEQ.unpack_from(self._buf, start + _SEQ_AT)[0])
 
     def stat(self, path: str) -> LocalStat | None:
-        """known_stat(): the stat of a live record, without building the record. The
-        scanner asks once per file on every scan: one call, the probe inlined."""
-        key = _encode(path)
-        n = len(key)
-        h = hash(path)
+        """known_stat(): the stat of a live record, without building the record."""
         with self._lock:
-            hashes, offsets, buf = self._hashes, self._offsets, self._buf
-            mask = len(offsets) - 1
-            slot = h & mask
-            while True:
-                at = offsets[slot]
-                if at == _EMPTY:
-                    return None
-                if (at >= 0 and hashes[slot] == h and buf.startswith(key, at + 8)
-                        and _KLEN.unpack_from(buf, at)[0] == n):
-                    break
-                slot = (slot + 1) & mask
-            start = at + 8 + n
-            if buf[start + 1] & (_DELETED | _HAS_STAT) != _HAS_STAT:
+            start = self._record_at(path)
+            if start < 0 or self._buf[start + 1] & (_DELETED | _HAS_STAT) != _HAS_STAT:
                 return None
             size, mtime_ns, inode = _STAT.unpack_from(self._buf, start + _STAT_AT)
             mode = _MODE.unpack_from(self._buf, start + _MODE_AT)[0]

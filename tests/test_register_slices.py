@@ -32,8 +32,8 @@ async def test_a_scan_larger_than_a_slice_records_every_change_once(
     assert folder.max_seq == 8
     assert sorted(folder.records[f"team/dag_{i}.py"].seq for i in range(8)) == list(range(1, 9))
 
-    # A rename, a delete and new files in one scan: the rename's source is tombstoned
-    # once, beside its new path, and the deleted file once.
+    # A rename, a delete and new files in one scan spanning two slices: each gone path
+    # is tombstoned exactly once, the moved and new files recorded.
     (root / "team" / "dag_0.py").rename(root / "team" / "z_moved.py")
     (root / "team" / "dag_1.py").unlink()
     for i in range(8, 13):
