@@ -1,6 +1,7 @@
 """Progress of one shared folder on one peer connection (FolderLink), and the pure
 helpers the connection applies to it: merging waiting index batches into one apply round
-and remembering which versions the peer itself sent us (echoes, never sent back)."""
+and forgetting the notes of versions the peer itself sent us (echoes, never sent back:
+see next_index_batch), and building our next index batch for the peer."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dagsync.model import FileVersion
 
 if TYPE_CHECKING:
     from dagsync.engine import FolderEngine
+    from dagsync.index import Index
 
 
 @dataclass
@@ -67,15 +69,40 @@ def _coalesce(link: FolderLink, msg: p.IndexFrame | p.Index) -> p.Index:
                    first.from_seq)
 
 
-def _echo(link: FolderLink, v: FileVersion) -> bool:
-    """True when `v` is exactly what this peer sent us (it has it already)."""
-    sent = link.echo.get(v.path)
-    if sent is None:
-        return False
-    del link.echo[v.path]
-    if not link.echo:
-        link.echo = {}  # a dict keeps its largest table; this one held a whole index
-    return sent == v
+SEND_READ = 250  # records read from the index at a time while building a batch
+
+
+def next_index_batch(index: Index, link: FolderLink, start: int) -> tuple[p.IndexFrame | None,
+                                                                        list[str]]:
+    """Our next Index batch for this peer: records after `start`, minus what it sent us
+    itself (echoes) and what the folder does not publish; None when nothing is newer.
+    Runs in a worker thread and reads the index a few hundred records at a time, so a
+    batch never exists as thousands of objects at once (see IndexBuilder). Also returns
+    the paths whose echo notes it looked at: the caller drops them on the event loop."""
+    folder = link.folder
+    builder = p.IndexBuilder()
+    consumed: list[str] = []
+    last = start
+    while not builder.full:
+        records = index.since(folder.id, last, SEND_READ)
+        for r in records:
+            if builder.full:
+                break
+            last, v = r.seq, r.version
+            if not folder.publishes(v):
+                continue
+            sent = link.echo.get(v.path)
+            if sent is not None:
+                consumed.append(v.path)
+                if sent == v:
+                    continue
+            builder.add(v)
+        if len(records) < SEND_READ:
+            break
+    if last == start:
+        return None, consumed
+    return builder.frame(folder.id, folder.index_id, last, last >= folder.max_seq,
+                         start), consumed
 
 
 def _forget_echoes(link: FolderLink, entries: Iterable[FileVersion], applied: list[str]) -> None:

@@ -22,9 +22,9 @@ from dagsync.folder_link import (
     COALESCE_ENTRIES,
     FolderLink,
     _coalesce,
-    _echo,
     _forget_echoes,
     inbox_empty,
+    next_index_batch,
 )
 from dagsync.peer_fetching import REQUEST_TIMEOUT, FetchFailed, PeerFetching, _PeerSource
 from dagsync.peer_serving import PeerServing, _signature_reply
@@ -46,7 +46,7 @@ __all__ = [
     "COALESCE_ENTRIES", "DELTA_CONCURRENCY", "DELTA_MAX", "DELTA_MIN", "HELLO_TIMEOUT",
     "IDLE_TIMEOUT", "PING_INTERVAL", "READ_SIZE", "REQUEST_TIMEOUT", "RETRY_DELAYS",
     "SERVE_CONCURRENCY", "SIGNATURE_CONCURRENCY", "Asking", "FetchFailed", "FolderLink",
-    "PeerConnection", "Reply", "_PeerSource", "_coalesce", "_echo", "_forget_echoes",
+    "PeerConnection", "Reply", "_PeerSource", "_coalesce", "_forget_echoes",
     "_signature_reply", "inbox_empty",
 ]
 
@@ -289,20 +289,17 @@ class PeerConnection(PeerServing, PeerFetching):
         while True:
             link.wake_sender.clear()
             start = link.sent_seq
-            records = await asyncio.to_thread(
-                self.node.index.since, folder.id, start, p.MAX_INDEX_ENTRIES
-            )
-            if records:
-                last = records[-1].seq
-                await self._send_drained(p.Index(
-                    folder=folder.id, index_id=folder.index_id,
-                    entries=tuple(r.version for r in records
-                                  if folder.publishes(r.version) and not _echo(link, r.version)),
-                    last_seq=last, caught_up=last >= folder.max_seq, from_seq=start,
-                ))
+            frame, consumed = await asyncio.to_thread(
+                next_index_batch, self.node.index, link, start)
+            for path in consumed:  # echo notes the batch used up
+                link.echo.pop(path, None)
+            if not link.echo:
+                link.echo = {}  # a dict keeps its largest table; this one held a whole index
+            if frame is not None:
+                await self._send_drained(frame)
                 if link.sent_seq == start:  # else a Resend moved it back meanwhile
-                    link.sent_seq = last
-                announced_caught_up = last >= folder.max_seq
+                    link.sent_seq = frame.last_seq
+                announced_caught_up = frame.caught_up
                 continue
             if not announced_caught_up:
                 await self._send_drained(p.Index(

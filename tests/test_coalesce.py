@@ -108,3 +108,50 @@ def test_a_round_stops_merging_at_its_entry_cap(monkeypatch: Any) -> None:
     assert (merged.from_seq, merged.last_seq, len(merged.entries)) == (0, 4, 4)
     assert lk.inbox.qsize() == 3 and all(isinstance(m, p.IndexFrame)
                                          for m in lk.inbox._queue)  # type: ignore[attr-defined]
+
+
+def _sending_link(tmp_path: Any, publish: Any = lambda v: True) -> tuple[Any, FolderLink]:
+    """A link over a real index database holding versions of p0.py .. p599.py."""
+    from types import SimpleNamespace
+
+    from dagsync.index import Index
+
+    ix = Index(tmp_path / "index.db")
+    recs = ix.put("dags", [(version(f"p{i}.py", 1), None) for i in range(600)])
+    folder = SimpleNamespace(id="dags", index_id=7, max_seq=recs[-1].seq, publishes=publish)
+    return ix, FolderLink(folder=cast(Any, folder), their_index_id=7, their_max_seq=0,
+                          sent_seq=0, processed_seq=0)
+
+
+def test_the_next_index_batch_leaves_out_echoes_and_unpublished_versions(tmp_path: Any) -> None:
+    """What the peer sent us is not sent back, a version it sent that we replaced is;
+    every note looked at is handed back for the caller to drop; the batch still covers
+    every record read, so progress moves past the ones left out."""
+    from dagsync.folder_link import next_index_batch
+
+    ix, lk = _sending_link(tmp_path, publish=lambda v: v.path != "p3.py")
+    lk.echo["p1.py"] = version("p1.py", 1)  # exactly ours: an echo
+    lk.echo["p2.py"] = version("p2.py", 0)  # the peer's older version: ours goes out
+    frame_, consumed = next_index_batch(ix, lk, 0)
+    assert frame_ is not None
+    sent = [e.path for e in frame_.decode().entries]
+    assert len(sent) == 598 and "p1.py" not in sent and "p3.py" not in sent
+    assert "p2.py" in sent and sorted(consumed) == ["p1.py", "p2.py"]
+    assert (frame_.from_seq, frame_.last_seq, frame_.caught_up) == (0, 600, True)
+    assert next_index_batch(ix, lk, 600) == (None, [])
+    ix.close()
+
+
+def test_a_full_index_batch_ends_at_the_last_record_it_took(tmp_path: Any,
+                                                            monkeypatch: Any) -> None:
+    from dagsync import folder_link
+
+    monkeypatch.setattr(p, "MAX_INDEX_ENTRIES", 260)
+    ix, lk = _sending_link(tmp_path)
+    first, _ = folder_link.next_index_batch(ix, lk, 0)
+    assert first is not None and (first.count, first.last_seq, first.caught_up) == (260, 260,
+                                                                                     False)
+    second, _ = folder_link.next_index_batch(ix, lk, first.last_seq)
+    assert second is not None and second.from_seq == 260
+    assert [e.path for e in second.decode().entries][0] == "p260.py"
+    ix.close()

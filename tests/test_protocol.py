@@ -178,6 +178,39 @@ def test_index_entries_round_trip_exactly(entries: list[FileVersion]) -> None:
 
 
 @settings(max_examples=50, deadline=None)
+@given(st.lists(file_versions, max_size=5), st.booleans(), st.integers(0, 1000))
+def test_an_index_built_entry_by_entry_decodes_as_the_whole_batch_would(
+    entries: list[FileVersion], caught_up: bool, from_seq: int
+) -> None:
+    builder = p.IndexBuilder()
+    for e in entries:
+        builder.add(e)
+    frame_ = builder.frame("dags", 7, from_seq + 5, caught_up, from_seq)
+    assert frame_.count == len(entries)
+    whole = p.Index("dags", 7, tuple(entries), from_seq + 5, caught_up, from_seq)
+    received = greeted().receive_data(p.encode(frame_))
+    assert [decoded(m) for m in received] == [whole]
+    assert json.loads(frame_.body) == json.loads(p.encode(whole)[5:])
+
+
+def test_an_index_builder_is_full_at_max_entries_or_near_max_json() -> None:
+    small = p.IndexBuilder()
+    for i in range(p.MAX_INDEX_ENTRIES):
+        assert not small.full
+        small.add(version(path=f"f{i}"))
+    assert small.full
+    big = p.IndexBuilder()
+    long_path = "d/" + "x" * 4000
+    while not big.full:
+        big.add(version(path=long_path, target="t" * 4000, kind=Kind.SYMLINK))
+    assert big.count < p.MAX_INDEX_ENTRIES
+    big.add(version(path=long_path, target="t" * 4000, kind=Kind.SYMLINK))  # the worst case
+    frame_ = big.frame("dags", 1, 10, False, 0)
+    assert len(frame_.body) <= p.MAX_JSON  # so the receiver accepts it
+    assert len(greeted().receive_data(p.encode(frame_))) == 1
+
+
+@settings(max_examples=50, deadline=None)
 @given(st.binary(max_size=10_000), st.integers(0, U32), st.integers(0, 255))
 def test_response_carries_arbitrary_bytes_unchanged(data: bytes, rid: int, status: int) -> None:
     encoded = p.encode(p.Response(rid, status, data))
@@ -526,6 +559,20 @@ def test_index_of_exactly_max_entries_is_accepted() -> None:
 def test_unknown_extra_fields_are_ignored_for_forward_compatibility() -> None:
     body = json.dumps({"nonce": 4, "future_field": [1, 2]}).encode()
     assert p.decode_body(7, body) == p.Ping(4)
+
+
+def test_index_entries_are_checked_whatever_objects_they_hold() -> None:
+    """Index bodies are parsed with each entry turned into a version as it is read: an
+    entry that also carries an "entries" key is still an entry, an object nested where
+    a value belongs is still refused, and a bad entry is named as it was."""
+    extra = p.decode_body(2, json.dumps(_index([_entry(entries=[1])])).encode())
+    assert decoded(extra).entries[0].path == GOOD_ENTRY["p"]  # type: ignore[union-attr]
+    for bad, reason in [(_entry(p={"p": "x"}), "bad path"), (_entry(s=-1), ""),
+                        (_entry(v={"a": 1}), "version vector")]:
+        with pytest.raises(ProtocolError, match=f"index: .*{reason}"):
+            p.decode_body(2, json.dumps(_index([GOOD_ENTRY, bad])).encode())
+    with pytest.raises(ProtocolError, match="entries must be a list"):
+        p.decode_body(2, json.dumps({"p": "a.py"}).encode())
 
 
 @pytest.mark.parametrize("opener", [b"[", b'{"a":'], ids=["arrays", "objects"])

@@ -2,7 +2,7 @@
 
 Every message goes through a real `protocol.Session` on each side (Hello first, framing,
 ordering). The sender (peer._sender) announces the index from the peer's persisted
-progress, leaving out what this peer itself sent us (folder_link._echo); the puller
+progress, leaving out what this peer itself sent us (folder_link.next_index_batch); the puller
 (peer._puller) applies batches one at a time, fetches content from this peer only (small
 files several to a BatchRequest, as fetching.fetch_all does), verifies it, and persists
 progress only after a complete batch; a failed batch is retried with a Resend from the
@@ -180,7 +180,8 @@ class Endpoint:
             return
 
     def _echo(self, v: FileVersion) -> bool:
-        """folder_link._echo: True when `v` is exactly what this peer sent us (it has it)."""
+        """As folder_link.next_index_batch: True when `v` is exactly what this peer
+        sent us (it has it)."""
         sent = self.echo.pop(v.path, None)
         return sent is not None and sent == v
 
