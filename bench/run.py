@@ -164,6 +164,9 @@ def load_dagsync(src: Path) -> None:
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for dagsync processes: the snapshot first on PYTHONPATH."""
     env = {**os.environ, **(extra or {})}
+    # `python -m dagsync` would put the working directory first on sys.path: run from a
+    # checkout, every agent would import the checkout's dagsync/, not the snapshot.
+    env["PYTHONSAFEPATH"] = "1"
     if DAGSYNC_SRC is not None:
         env["PYTHONPATH"] = os.pathsep.join(
             x for x in (os.fspath(DAGSYNC_SRC), env.get("PYTHONPATH", "")) if x)
