@@ -51,10 +51,13 @@ class PeerLinks:
         wake = self._wake[peer.name]
         while True:
             conn = node.connections.get(peer.name)
-            if conn is not None:
+            if conn is not None:  # the peer dialed us
+                since = time.monotonic()
                 await conn.closed.wait()
-                attempt = 0
-                await asyncio.sleep(backoff_delay(0))
+                if time.monotonic() - since > STABLE_CONNECTION:
+                    attempt = 0
+                await asyncio.sleep(backoff_delay(attempt))
+                attempt += 1  # a link that keeps dying at once must not spin
                 continue
             wake.clear()
             started = time.monotonic()
@@ -66,9 +69,10 @@ class PeerLinks:
                 log.info("%s", exc)
             except (TransportError, ProtocolError) as exc:
                 node.note_error(peer.name, str(exc))
-                if conn is not None and conn.session.peer_hello is not None:
-                    attempt = 0  # an established link went down: that is news, not retry noise
-                level = logging.WARNING if attempt == 0 else logging.DEBUG
+                # An established link going down is news, not retry noise; the retry
+                # still backs off unless the link had been up a while (below).
+                established = conn is not None and conn.session.peer_hello is not None
+                level = logging.WARNING if attempt == 0 or established else logging.DEBUG
                 log.log(level, "%s", exc)
             except DagsyncError as exc:
                 node.note_error(peer.name, str(exc))

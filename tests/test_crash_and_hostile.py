@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -175,3 +176,47 @@ def test_hostile_peer_is_refused_and_agent_keeps_serving(cluster: Any, tmp_path:
     assert a.proc is not None and a.proc.poll() is None
     a.signal(signal.SIGTERM)
     assert a.proc.wait(10) == 0
+
+
+def test_a_peer_that_drops_every_link_at_once_is_redialled_with_backoff(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """A peer (a real SSH server holding the pinned key) that completes the handshake and
+    then sends a frame the agent refuses, every time: the agent logs it and redials with
+    growing delays, not several times a second for ever."""
+    from dagsync import transport
+    from dagsync.localnode import free_port
+
+    a = cluster("a")["a"]
+    evil_key = generate_node_key(tmp_path / "evil_key")
+    port = free_port()
+    a.peers.append({"name": "evil", "address": f"127.0.0.1:{port}",
+                    "public_key": public_key_line(evil_key)})
+    a.write_config()
+    dialled: list[float] = []
+
+    async def refuse_after_hello(name: str, stream: transport.Stream) -> None:
+        dialled.append(time.monotonic())
+        session = p.Session()
+        stream.write(session.send(p.Hello(node="evil", folders={"dags": p.FolderOffer(7, 0)},
+                                          hlc=1, wall_ms=int(time.time() * 1000))))
+        stream.write(struct.pack(">IB", 1, 99))  # an unknown message type
+        await stream.drain()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                while await stream.read(65536):
+                    pass
+
+    async def run_evil_peer() -> None:
+        server = await transport.serve("127.0.0.1", port, evil_key, lambda n, k: True,
+                                       refuse_after_hello)
+        a.start()
+        await asyncio.sleep(8)
+        server.close()
+
+    asyncio.run(run_evil_peer())
+    # Backoff steps of 0.25, 0.5, 1, 2, 4 s (jittered to half of each at the least) fit
+    # at most ~9 dials in 8 s; without backoff there were dozens.
+    assert 2 <= len(dialled) <= 9, f"{len(dialled)} dials in 8 s"
+    assert "unknown message type" in a.log.read_text()
+    assert a.proc is not None and a.proc.poll() is None
