@@ -70,8 +70,10 @@ class FileVersion:
         }
 
     @classmethod
-    def from_wire(cls, d: Any) -> FileVersion:
-        """Build from an untrusted peer's dict; raises ValueError on any malformed field."""
+    def from_wire(cls, d: Any, shared: dict[Any, Any] | None = None) -> FileVersion:
+        """Build from an untrusted peer's dict; raises ValueError on any malformed field.
+        `shared` (one per batch) gives equal vectors and origins one object: most of a
+        batch's entries share a few of each."""
         if not isinstance(d, dict):
             raise ValueError("file entry is not an object")
         path, kind, size, mtime, mode = d.get("p"), d.get("k"), d.get("s"), d.get("m"), d.get("x")
@@ -94,6 +96,10 @@ class FileVersion:
             raise ValueError(f"bad symlink target for {path!r}")
         assert isinstance(mode, int) and isinstance(size, int)
         assert isinstance(mtime, int) and isinstance(hlc, int)
+        vv = VersionVector.from_wire(d.get("v"))
+        if shared is not None:
+            vv = shared.setdefault(vv, vv)
+            origin = shared.setdefault(origin, origin)
         return cls(
             path=path,
             kind=Kind(kind),
@@ -102,7 +108,7 @@ class FileVersion:
             mode=mode & 0o7777,
             hash=hsh,
             deleted=deleted,
-            vv=VersionVector.from_wire(d.get("v")),
+            vv=vv,
             hlc=hlc,
             origin=origin,
             target=target,

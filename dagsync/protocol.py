@@ -391,25 +391,31 @@ class _BadEntry:
         self.reason = reason
 
 
-def _entry_hook(d: dict[str, Any]) -> Any:
+class _EntryReader:
     """json object_hook for an Index body (called for every object, innermost first):
     each entry becomes a FileVersion as soon as it is parsed, so a batch never holds
-    its 2,000 entry dicts at once (~1.5 MB of small objects). The header, the object
-    with "entries", stays a dict."""
-    if "entries" in d:
-        return d
-    try:
-        return FileVersion.from_wire(d)
-    except ValueError as exc:
-        return _BadEntry(str(exc))
+    its 2,000 entry dicts at once (~1.5 MB of small objects), and the batch's equal
+    vectors and origins are one object each. The header, the object with "entries",
+    stays a dict."""
+
+    def __init__(self) -> None:
+        self.shared: dict[Any, Any] = {}
+
+    def __call__(self, d: dict[str, Any]) -> Any:
+        if "entries" in d:
+            return d
+        try:
+            return FileVersion.from_wire(d, self.shared)
+        except ValueError as exc:
+            return _BadEntry(str(exc))
 
 
 def _index_object(body: bytes) -> dict[str, Any]:
-    """An Index body parsed with its entries as versions (see _entry_hook)."""
+    """An Index body parsed with its entries as versions (see _EntryReader)."""
     if len(body) > MAX_JSON:
         raise ProtocolError(f"control message of {len(body)} bytes exceeds {MAX_JSON}")
     try:
-        d = json.loads(body, object_hook=_entry_hook)
+        d = json.loads(body, object_hook=_EntryReader())
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProtocolError("Index: body is not valid JSON") from None
     if isinstance(d, dict):

@@ -575,6 +575,16 @@ def test_index_entries_are_checked_whatever_objects_they_hold() -> None:
         p.decode_body(2, json.dumps({"p": "a.py"}).encode())
 
 
+def test_a_batch_holds_one_object_per_distinct_vector_and_origin() -> None:
+    entries = [version(path=f"f{i}.py", vv=VersionVector.of({"m1": 1 + i % 2}))
+               for i in range(6)]
+    got = decoded(greeted().receive_data(p.encode(p.Index("dags", 1, tuple(entries), 6,
+                                                          True)))[0])
+    assert isinstance(got, p.Index) and got.entries == tuple(entries)
+    assert len({id(e.vv) for e in got.entries}) == 2
+    assert len({id(e.origin) for e in got.entries}) == 1
+
+
 @pytest.mark.parametrize("opener", [b"[", b'{"a":'], ids=["arrays", "objects"])
 def test_deeply_nested_json_is_a_protocol_error(opener: bytes) -> None:
     closer = b"]" if opener == b"[" else b"}"
