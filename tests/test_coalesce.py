@@ -153,5 +153,5 @@ def test_a_full_index_batch_ends_at_the_last_record_it_took(tmp_path: Any,
                                                                                      False)
     second, _ = folder_link.next_index_batch(ix, lk, first.last_seq)
     assert second is not None and second.from_seq == 260
-    assert [e.path for e in second.decode().entries][0] == "p260.py"
+    assert second.decode().entries[0].path == "p260.py"
     ix.close()
