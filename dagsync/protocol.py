@@ -124,7 +124,9 @@ class IndexBuilder:
     header (`last_seq`, `caught_up`) is known only once they are all in. `full` says
     when one more entry could take the body past MAX_JSON."""
 
-    _ROOM = 16 * 1024  # more than the largest entry (two 4,096-character strings) and header
+    # More than the largest entry and the header: a path and a target of 4,096 characters
+    # each, every one escaped as \uXXXX (6 bytes), ~49 KB.
+    _ROOM = 64 * 1024
 
     def __init__(self) -> None:
         self._buf = bytearray(b'{"entries":[')
@@ -142,8 +144,7 @@ class IndexBuilder:
 
     def frame(self, folder: str, index_id: int, last_seq: int, caught_up: bool,
               from_seq: int) -> IndexFrame:
-        head = json.dumps({"folder": folder, "index_id": index_id, "last_seq": last_seq,
-                           "from_seq": from_seq, "caught_up": caught_up},
+        head = json.dumps(_index_head(folder, index_id, last_seq, from_seq, caught_up),
                           separators=(",", ":")).encode()
         body = bytes(self._buf) + b"]," + head[1:]
         return IndexFrame(folder=folder, index_id=index_id, last_seq=last_seq,
@@ -313,11 +314,9 @@ def _encode_json(msg: Message) -> dict[str, Any]:
             },
         }
     if isinstance(msg, Index):
-        return {
-            "folder": msg.folder, "index_id": msg.index_id, "last_seq": msg.last_seq,
-            "from_seq": msg.from_seq, "caught_up": msg.caught_up,
-            "entries": [e.to_wire() for e in msg.entries],
-        }
+        return {**_index_head(msg.folder, msg.index_id, msg.last_seq, msg.from_seq,
+                              msg.caught_up),
+                "entries": [e.to_wire() for e in msg.entries]}
     if isinstance(msg, Request):
         return {
             "id": msg.id, "folder": msg.folder, "path": msg.path, "hash": msg.hash,
@@ -346,6 +345,13 @@ def _encode_json(msg: Message) -> dict[str, Any]:
     if isinstance(msg, Close):
         return {"reason": msg.reason}
     raise TypeError(f"not a JSON message: {msg!r}")
+
+
+def _index_head(folder: str, index_id: int, last_seq: int, from_seq: int,
+                caught_up: bool) -> dict[str, Any]:
+    """An Index's fields besides its entries, as sent (whole or by IndexBuilder)."""
+    return {"folder": folder, "index_id": index_id, "last_seq": last_seq,
+            "from_seq": from_seq, "caught_up": caught_up}
 
 
 def _index_header(d: dict[str, Any], body: bytes = b"") -> IndexFrame:

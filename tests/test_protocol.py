@@ -204,7 +204,8 @@ def test_an_index_builder_is_full_at_max_entries_or_near_max_json() -> None:
     while not big.full:
         big.add(version(path=long_path, target="t" * 4000, kind=Kind.SYMLINK))
     assert big.count < p.MAX_INDEX_ENTRIES
-    big.add(version(path=long_path, target="t" * 4000, kind=Kind.SYMLINK))  # the worst case
+    # The worst case: 4,096 characters of path and target, each escaped to 6 bytes.
+    big.add(version(path="d/" + "é" * 4094, target="é" * 4096, kind=Kind.SYMLINK))
     frame_ = big.frame("dags", 1, 10, False, 0)
     assert len(frame_.body) <= p.MAX_JSON  # so the receiver accepts it
     assert len(greeted().receive_data(p.encode(frame_))) == 1
