@@ -19,7 +19,7 @@ from dagsync.config import Config
 from dagsync.engine import BatchOutcome, FolderEngine, SharedClock
 from dagsync.fsio import cleanup_temp_files, ensure_dir
 from dagsync.index import Index, IndexCorrupt
-from dagsync.protocol import FolderOffer
+from dagsync.protocol import CLOSE_REPLACED, FolderOffer
 from dagsync.transport import parse_public_key
 
 if TYPE_CHECKING:
@@ -97,6 +97,9 @@ class Node:
             for f in config.folders
         }
         self.connections: dict[str, PeerConnection] = {}
+        # Peers a connection ended in sync with; a one-shot round reads it when its own
+        # connection to a peer gave way to the one the peer opened (crossed cron rounds).
+        self.synced_with: set[str] = set()
         self.peers: dict[str, PeerState] = {p.name: PeerState(p.name) for p in config.peers}
         self.connection_changed = asyncio.Event()
         # Files and index entries served to peers: work that changes no sequence number
@@ -160,7 +163,8 @@ class Node:
             if existing.initiator == preferred_initiator or conn.initiator != preferred_initiator:
                 log.debug("peer %s: dropping duplicate connection", conn.peer_name)
                 return False
-            existing.close("replaced by a preferred connection")
+            existing.superseded = True
+            existing.close(CLOSE_REPLACED)
         self.connections[conn.peer_name] = conn
         state = self.peers.setdefault(conn.peer_name, PeerState(conn.peer_name))
         state.connected, state.ever_connected = True, True
@@ -171,6 +175,8 @@ class Node:
         return True
 
     def unregister(self, conn: PeerConnection) -> None:
+        if conn.synced:
+            self.synced_with.add(conn.peer_name)
         if self.connections.get(conn.peer_name) is conn:
             del self.connections[conn.peer_name]
             state = self.peers.get(conn.peer_name)

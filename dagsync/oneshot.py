@@ -125,13 +125,14 @@ async def _standalone_round(
             await asyncio.sleep(0.2)
 
     ticker = asyncio.get_running_loop().create_task(show_progress()) if progress else None
-    control: asyncio.Server | None = None
+    served = ServedPeers(config, node)
     try:
         await node.open()
         await node.scan_all()
-        control = await _serve_peer_streams(config, node)
+        await served.start()
 
         async def one(peer: PeerConfig) -> None:
+            deadline = asyncio.get_running_loop().time() + timeout
             try:
                 stream = await transport.dial(peer, node.name, node_key, config.node.key)
                 conn = PeerConnection(node, stream, expected_name=peer.name, initiator=True,
@@ -141,16 +142,11 @@ async def _standalone_round(
                     await asyncio.wait_for(conn.run(), timeout)
                 except DagsyncError as exc:
                     ended = exc
-                if conn.duplicate:
-                    # The peer's own round reached us first; that connection serves both.
-                    await _wait_for_other(node, peer.name, timeout)
-                    report.in_sync.append(peer.name)
-                    return
-                if not conn.done.is_set():
+                if not conn.done.is_set() and not await _synced_elsewhere(node, conn, deadline):
                     raise DagsyncError(conn.close_reason or (str(ended) if ended else "")
                                        or "connection ended before the round completed")
                 report.in_sync.append(peer.name)
-                if dry_run:
+                if dry_run and conn.done.is_set():
                     report.would.extend(_dry_run_listing(node, conn))
             except TimeoutError:
                 report.down[peer.name] = f"round not complete within {timeout:.0f} s"
@@ -158,8 +154,9 @@ async def _standalone_round(
                 report.down[peer.name] = str(exc)
 
         await asyncio.gather(*(one(p) for p in peers))
+        await served.finish(timeout)
     finally:
-        _close_peer_streams(config, control)
+        served.stop()
         if ticker is not None:
             ticker.cancel()
             assert progress is not None
@@ -168,29 +165,81 @@ async def _standalone_round(
     return report
 
 
-async def _wait_for_other(node: Node, peer_name: str, timeout: float) -> None:
-    other = node.connections.get(peer_name)
-    if other is None:
-        return
-    try:
-        await asyncio.wait_for(other.closed.wait(), timeout)
-    except TimeoutError:
-        raise DagsyncError(f"round not complete within {timeout:.0f} s") from None
-    if not other.synced:
-        raise DagsyncError(other.close_reason or "connection ended before the round completed")
+SUPERSEDED_GRACE = 10.0  # for the peer's connection to reach us once ours gave way to it
 
 
-async def _serve_peer_streams(config: Config, node: Node) -> asyncio.Server:
-    """While a one-shot process holds the node, it serves the peers that reach this node
-    through `serve --stdio` (cron rounds crossing each other), as the agent would."""
-    path = control_socket_path(config)
+async def _synced_elsewhere(node: Node, conn: PeerConnection, deadline: float) -> bool:
+    """Crossed rounds: when two nodes run `sync` at once each dials the other, both keep
+    one of the two connections, and the round may complete on the one the peer opened,
+    or have completed there before ours got going. True when it did (by the deadline)."""
+    loop = asyncio.get_running_loop()
+    give_up = min(deadline, loop.time() + (SUPERSEDED_GRACE if conn.superseded else 0))
+    while conn.peer_name not in node.synced_with:
+        other = node.connections.get(conn.peer_name)
+        if other is not None and other is not conn and not other.closed.is_set():
+            try:
+                await asyncio.wait_for(other.closed.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise DagsyncError("round not complete within the timeout") from None
+            continue
+        if loop.time() >= give_up:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+class ServedPeers:
+    """While a one-shot process holds the node it serves, as the agent would, the peers
+    that reach this node through `serve --stdio` (cron rounds crossing each other)."""
+
+    def __init__(self, config: Config, node: Node) -> None:
+        self.config = config
+        self.node = node
+        self.server: asyncio.Server | None = None
+        self.connections: set[PeerConnection] = set()
+        self.handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        path = control_socket_path(self.config)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self.server = await asyncio.start_unix_server(self._handle, path=str(path))
+        os.chmod(path, 0o600)
+
+    async def finish(self, timeout: float) -> None:
+        """Stop taking peers, let each served one reach sync (so a peer whose round runs
+        through us completes it), then close them with a reason rather than cutting them."""
+        self._stop_listening()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for conn in list(self.connections):
+            while not conn.closed.is_set() and not conn.in_sync() and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            conn.close("round complete" if conn.in_sync() else "the one-shot round here ended")
+        if self.handlers:
+            await asyncio.wait(self.handlers, timeout=5)
+
+    def stop(self) -> None:
+        self._stop_listening()
+        for task in self.handlers:
+            task.cancel()
+
+    def _stop_listening(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+            with contextlib.suppress(FileNotFoundError):
+                control_socket_path(self.config).unlink()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
         try:
             request = json.loads(await reader.readline() or b"{}")
             name = request.get("peer")
             if request.get("cmd") != "peer-stream" or not isinstance(name, str) or (
-                config.peer(name) is None
+                self.config.peer(name) is None
             ):
                 writer.write(json.dumps({"ok": False, "error": "a one-shot round holds this "
                                          "node; try again"}).encode() + b"\n")
@@ -198,27 +247,21 @@ async def _serve_peer_streams(config: Config, node: Node) -> asyncio.Server:
                 return
             writer.write(b'{"ok": true}\n')
             await writer.drain()
-            conn = PeerConnection(node, transport.unix_stream(reader, writer, f"{name}@ssh"),
+            conn = PeerConnection(self.node, transport.unix_stream(reader, writer, f"{name}@ssh"),
                                   expected_name=name, initiator=False)
-            with contextlib.suppress(DagsyncError):
-                await conn.run()
+            self.connections.add(conn)
+            try:
+                with contextlib.suppress(DagsyncError):
+                    await conn.run()
+            finally:
+                self.connections.discard(conn)
         except (ValueError, AttributeError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            pass  # the one-shot process is ending; its peers were told
         finally:
             writer.close()
-
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    server = await asyncio.start_unix_server(handle, path=str(path))
-    os.chmod(path, 0o600)
-    return server
-
-
-def _close_peer_streams(config: Config, server: asyncio.Server | None) -> None:
-    if server is not None:
-        server.close()
-        with contextlib.suppress(FileNotFoundError):
-            control_socket_path(config).unlink()
+            self.handlers.discard(task)
 
 
 def _dry_run_listing(node: Node, conn: PeerConnection) -> list[tuple[str, str, str]]:
@@ -243,17 +286,18 @@ async def serve_stdio(config: Config, peer_name: str | None) -> None:
     if lock is None:
         return  # served through the process that holds this node
     node = Node(config)
-    control: asyncio.Server | None = None
+    served = ServedPeers(config, node)
     try:
         await node.open()
         await node.scan_all()
-        control = await _serve_peer_streams(config, node)
+        await served.start()
         stream = await transport.open_stdio_stream()
         conn = PeerConnection(node, stream, expected_name=peer_name, initiator=False)
         with contextlib.suppress(DagsyncError):
             await conn.run()
+        await served.finish(BRIDGE_WAIT)
     finally:
-        _close_peer_streams(config, control)
+        served.stop()
         node.close()
         lock.release()
 

@@ -98,6 +98,7 @@ class PeerConnection(PeerServing, PeerFetching):
         self.close_reason = ""
         self._early: list[p.Message] = []
         self.duplicate = False  # the peer is served by another connection
+        self.superseded = False  # either side chose another connection to this peer
         self.synced = False  # in sync when it closed
 
     # --- lifecycle -------------------------------------------------------------------
@@ -115,8 +116,8 @@ class PeerConnection(PeerServing, PeerFetching):
             hello = await asyncio.wait_for(self._read_hello(), HELLO_TIMEOUT)
             self._accept_hello(hello)
             if not self.node.register(self):
-                self.duplicate = True
-                self._send(p.Close("duplicate connection"))
+                self.duplicate = self.superseded = True
+                self._send(p.Close(p.CLOSE_DUPLICATE))
                 return
             try:
                 await self._run_tasks()
@@ -139,6 +140,7 @@ class PeerConnection(PeerServing, PeerFetching):
                     self._early = msgs[i + 1 :]
                     return msg
                 if isinstance(msg, p.Close):
+                    self.superseded = msg.reason in p.SUPERSEDED_REASONS
                     raise PeerClosed(f"peer {self.peer_name} closed: {msg.reason}")
 
     def _accept_hello(self, hello: p.Hello) -> None:
@@ -262,6 +264,7 @@ class PeerConnection(PeerServing, PeerFetching):
             if waiter is not None and not waiter.done():
                 waiter.set_result(msg)
         elif isinstance(msg, p.Close):
+            self.superseded = msg.reason in p.SUPERSEDED_REASONS
             raise PeerClosed(f"peer {self.peer_name} closed the connection: {msg.reason}")
 
     def _link(self, folder_id: str) -> FolderLink:
@@ -357,10 +360,14 @@ class PeerConnection(PeerServing, PeerFetching):
         link.processed_seq = max(link.processed_seq, msg.last_seq)
         await asyncio.to_thread(self.node.index.set_peer_progress, self.peer_name,
                                 folder.id, link.their_index_id, link.processed_seq)
-        await self._send_drained(p.Ack(folder.id, link.their_index_id, link.processed_seq))
+        # Our state first, then the Ack, with no await between: a peer finishing a one-shot
+        # round closes as soon as it reads the Ack, and this side must already count as
+        # in sync when that Close arrives (it used to be set after the drain).
         link.caught_up = msg.caught_up
         link.their_max_seq = max(link.their_max_seq, msg.last_seq)
+        self._send(p.Ack(folder.id, link.their_index_id, link.processed_seq))
         self.node.note_ack(self)
+        await self.stream.drain()
 
     async def _reverter(self, link: FolderLink) -> None:
         """Receive-only folders: bring back the cluster's version of locally edited files."""

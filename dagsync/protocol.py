@@ -274,6 +274,13 @@ class Close:
     reason: str
 
 
+# Close reasons by which one of two crossed connections between a pair of nodes gives way
+# to the other (both sides keep the one the smaller node name opened).
+CLOSE_DUPLICATE = "duplicate connection"
+CLOSE_REPLACED = "replaced by a preferred connection"
+SUPERSEDED_REASONS = frozenset({CLOSE_DUPLICATE, CLOSE_REPLACED})
+
+
 Message = (
     Hello | Index | IndexFrame | Request | Response | Ack | Resend | Ping | Pong | DigestRequest
     | DigestReply | Close | BatchRequest | BatchResponse | SignatureRequest | SignatureReply

@@ -261,4 +261,5 @@ def test_crossed_one_shot_rounds_both_complete(cluster: Cluster, sshd: SshServer
                 proc.wait(10)
     assert [p.returncode for p in procs] == [0, 0], errs
     assert "b: in sync" in errs[0] and "a: in sync" in errs[1], errs
+    assert not any("Traceback" in e or "Exception in callback" in e for e in errs), errs
     assert_both_ways(a, b, "\n".join(errs))
