@@ -32,6 +32,7 @@ from dagsync.watcher import FolderWatcher, WatchUnavailable
 log = logging.getLogger("dagsync.agent")
 
 WATCH_GUARD_INTERVAL = 2.0
+BULK_RESUME_DELAY = 1.0  # quiet after a bulk round before the folder is watched again
 
 
 class AgentLock:
@@ -298,12 +299,23 @@ class Agent(ControlCommands, PeerLinks):
             log.info("folder %s: bulk round: watching paused, the folder is rescanned "
                      "when it ends", folder.id)
         elif not starting and depth == 0 and folder.id in self._paused:
-            self._paused.discard(folder.id)
-            if self.stop.is_set():
-                return
-            self._watch(folder)
-            await folder.scan()
-            log.info("folder %s: bulk round over: watching again", folder.id)
+            self._spawn(self._resume_watching(folder))
+
+    async def _resume_watching(self, folder: FolderEngine) -> None:
+        """Watch again once the rounds are over: not from inside the round, whose objects
+        are still alive then. The watcher's long-lived objects (a thread, a watch per
+        directory) would be placed among them and keep the memory the round grew from
+        going back; and a round that follows at once (an initial sync comes in several)
+        keeps the folder paused, so it is rescanned once, not once per round."""
+        await asyncio.sleep(BULK_RESUME_DELAY)
+        if self._bulk_depth.get(folder.id, 0) or folder.id not in self._paused:
+            return  # another bulk round began; it resumes when it ends
+        self._paused.discard(folder.id)
+        if self.stop.is_set():
+            return
+        self._watch(folder)
+        await folder.scan()
+        log.info("folder %s: bulk round over: watching again", folder.id)
 
     async def _watch_guard(self) -> None:
         """Re-watch a folder whose directory was replaced (or which failed to watch), and
