@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dagsync import protocol as p
 from dagsync import transport
 from dagsync.agent import AgentLock
 from dagsync.config import Config, PeerConfig
@@ -215,7 +216,8 @@ class ServedPeers:
         for conn in list(self.connections):
             while not conn.closed.is_set() and not conn.in_sync() and loop.time() < deadline:
                 await asyncio.sleep(0.05)
-            conn.close("round complete" if conn.in_sync() else "the one-shot round here ended")
+            conn.close(p.CLOSE_ROUND_COMPLETE if conn.in_sync()
+                       else "the one-shot round here ended")
         if self.handlers:
             await asyncio.wait(self.handlers, timeout=5)
 

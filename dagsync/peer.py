@@ -99,6 +99,7 @@ class PeerConnection(PeerServing, PeerFetching):
         self._early: list[p.Message] = []
         self.duplicate = False  # the peer is served by another connection
         self.superseded = False  # either side chose another connection to this peer
+        self.peer_vouched = False  # the peer closed with "round complete"
         self.synced = False  # in sync when it closed
 
     # --- lifecycle -------------------------------------------------------------------
@@ -190,7 +191,7 @@ class PeerConnection(PeerServing, PeerFetching):
                 if exc is not None:
                     raise exc
         finally:
-            self.synced = self.in_sync()
+            self.synced = self.in_sync(peer_vouched=self.peer_vouched)
             for task in runners:
                 task.cancel()
             await asyncio.gather(*runners, return_exceptions=True)
@@ -198,7 +199,9 @@ class PeerConnection(PeerServing, PeerFetching):
     def close(self, reason: str) -> None:
         """Ask the peer to close and stop this connection."""
         self.close_reason = reason
-        with contextlib.suppress(ProtocolError, OSError, ValueError):
+        # TransportError too: the peer's own Close may have ended the session a moment
+        # ago, and an agent stopping must not fail over a connection already closing.
+        with contextlib.suppress(TransportError, ProtocolError, OSError, ValueError):
             self._send(p.Close(reason))
         self.stream.close()
 
@@ -265,6 +268,7 @@ class PeerConnection(PeerServing, PeerFetching):
                 waiter.set_result(msg)
         elif isinstance(msg, p.Close):
             self.superseded = msg.reason in p.SUPERSEDED_REASONS
+            self.peer_vouched = msg.reason == p.CLOSE_ROUND_COMPLETE
             raise PeerClosed(f"peer {self.peer_name} closed the connection: {msg.reason}")
 
     def _link(self, folder_id: str) -> FolderLink:
@@ -400,11 +404,13 @@ class PeerConnection(PeerServing, PeerFetching):
 
     # --- one-shot completion ---------------------------------------------------------
 
-    def in_sync(self) -> bool:
-        """We applied all the peer had and the peer applied all we have."""
+    def in_sync(self, peer_vouched: bool = False) -> bool:
+        """We applied all the peer had and the peer applied all we have (which a peer
+        closing with "round complete" vouches for: the versions we applied from it took
+        sequence numbers here that it has no need to ack)."""
         return all(
             link.caught_up and link.failures == 0 and inbox_empty(link)
-            and (self.dry_run or link.acked_seq >= link.folder.max_seq
+            and (self.dry_run or peer_vouched or link.acked_seq >= link.folder.max_seq
                  or link.folder.max_seq == 0)
             for link in self.links.values()
         )
@@ -413,7 +419,7 @@ class PeerConnection(PeerServing, PeerFetching):
         while not self.in_sync():
             await asyncio.sleep(0.02)
         self.done.set()
-        self.close("round complete")
+        self.close(p.CLOSE_ROUND_COMPLETE)
 
     def on_closed(self, callback: Callable[[], None]) -> None:
         asyncio.get_running_loop().create_task(self._call_when_closed(callback))

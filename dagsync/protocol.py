@@ -279,6 +279,9 @@ class Close:
 CLOSE_DUPLICATE = "duplicate connection"
 CLOSE_REPLACED = "replaced by a preferred connection"
 SUPERSEDED_REASONS = frozenset({CLOSE_DUPLICATE, CLOSE_REPLACED})
+# A one-shot peer's Close once it holds all we have and we acked all it has: it vouches
+# for its half of the round (our own later sequence numbers are its versions, not news).
+CLOSE_ROUND_COMPLETE = "round complete"
 
 
 Message = (
