@@ -214,8 +214,9 @@ class ServedPeers:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for conn in list(self.connections):
-            while not conn.closed.is_set() and not conn.in_sync() and loop.time() < deadline:
-                await asyncio.sleep(0.05)
+            while (not conn.closed.is_set() and not conn.in_sync() and loop.time() < deadline
+                   and not any(link.failures for link in conn.links.values())):
+                await asyncio.sleep(0.05)  # (a file that failed to apply never gets in sync)
             conn.close(p.CLOSE_ROUND_COMPLETE if conn.in_sync()
                        else "the one-shot round here ended")
         if self.handlers:

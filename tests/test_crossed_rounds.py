@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from dagsync.oneshot import _synced_elsewhere
+from dagsync.oneshot import ServedPeers, _synced_elsewhere
 
 
 def fake_node() -> SimpleNamespace:
@@ -66,3 +66,48 @@ async def test_other_connection_ending_out_of_sync_is_a_failure() -> None:
 async def test_superseded_gives_up_at_the_deadline() -> None:
     node = fake_node()
     assert not await _synced_elsewhere(node, fake_conn(superseded=True), deadline(0.3))
+
+
+class FakeServed:
+    """What ServedPeers.finish uses of a served PeerConnection."""
+
+    def __init__(self, *, synced_after: float | None, failures: int = 0) -> None:
+        self.closed = asyncio.Event()
+        self.links = {"dags": SimpleNamespace(failures=failures)}
+        self.reason = ""
+        self._synced_at = (None if synced_after is None
+                           else asyncio.get_running_loop().time() + synced_after)
+
+    def in_sync(self) -> bool:
+        return self._synced_at is not None and asyncio.get_running_loop().time() >= self._synced_at
+
+    def close(self, reason: str) -> None:
+        self.reason = reason
+        self.closed.set()
+
+
+def served_peers(*conns: FakeServed) -> ServedPeers:
+    served = ServedPeers(SimpleNamespace(), SimpleNamespace())  # type: ignore[arg-type]
+    served.connections.update(conns)  # type: ignore[arg-type]
+    return served
+
+
+async def test_finish_lets_a_served_peer_reach_sync_then_says_round_complete() -> None:
+    conn = FakeServed(synced_after=0.3)
+    await served_peers(conn).finish(timeout=10)
+    assert conn.reason == "round complete"
+
+
+async def test_finish_does_not_wait_for_a_peer_whose_files_fail_to_apply() -> None:
+    conn = FakeServed(synced_after=None, failures=1)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await served_peers(conn).finish(timeout=10)
+    assert loop.time() - start < 1
+    assert conn.reason == "the one-shot round here ended"
+
+
+async def test_finish_gives_up_at_the_timeout() -> None:
+    conn = FakeServed(synced_after=None)
+    await served_peers(conn).finish(timeout=0.3)
+    assert conn.reason == "the one-shot round here ended"
