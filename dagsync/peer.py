@@ -97,7 +97,6 @@ class PeerConnection(PeerServing, PeerFetching):
         self.clock_skew_ms = 0
         self.close_reason = ""
         self._early: list[p.Message] = []
-        self.duplicate = False  # the peer is served by another connection
         self.superseded = False  # either side chose another connection to this peer
         self.peer_vouched = False  # the peer closed with "round complete"
         self.synced = False  # in sync when it closed
@@ -117,7 +116,7 @@ class PeerConnection(PeerServing, PeerFetching):
             hello = await asyncio.wait_for(self._read_hello(), HELLO_TIMEOUT)
             self._accept_hello(hello)
             if not self.node.register(self):
-                self.duplicate = self.superseded = True
+                self.superseded = True
                 self._send(p.Close(p.CLOSE_DUPLICATE))
                 return
             try:
@@ -141,7 +140,7 @@ class PeerConnection(PeerServing, PeerFetching):
                     self._early = msgs[i + 1 :]
                     return msg
                 if isinstance(msg, p.Close):
-                    self.superseded = msg.reason in p.SUPERSEDED_REASONS
+                    self._note_close(msg)
                     raise PeerClosed(f"peer {self.peer_name} closed: {msg.reason}")
 
     def _accept_hello(self, hello: p.Hello) -> None:
@@ -267,9 +266,13 @@ class PeerConnection(PeerServing, PeerFetching):
             if waiter is not None and not waiter.done():
                 waiter.set_result(msg)
         elif isinstance(msg, p.Close):
-            self.superseded = msg.reason in p.SUPERSEDED_REASONS
-            self.peer_vouched = msg.reason == p.CLOSE_ROUND_COMPLETE
+            self._note_close(msg)
             raise PeerClosed(f"peer {self.peer_name} closed the connection: {msg.reason}")
+
+    def _note_close(self, msg: p.Close) -> None:
+        """What the peer's Close tells a one-shot round (oneshot.py reads both flags)."""
+        self.superseded = msg.reason in p.SUPERSEDED_REASONS
+        self.peer_vouched = msg.reason == p.CLOSE_ROUND_COMPLETE
 
     def _link(self, folder_id: str) -> FolderLink:
         link = self.links.get(folder_id)
