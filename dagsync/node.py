@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import asyncssh
-
 from dagsync import __version__
 from dagsync.archive import ConflictArchive
 from dagsync.config import Config
@@ -20,6 +18,7 @@ from dagsync.engine import BatchOutcome, FolderEngine, SharedClock
 from dagsync.fsio import cleanup_temp_files, ensure_dir
 from dagsync.index import Index, IndexCorrupt
 from dagsync.protocol import CLOSE_REPLACED, FolderOffer
+from dagsync.sshlib import asyncssh
 from dagsync.transport import parse_public_key
 
 if TYPE_CHECKING:

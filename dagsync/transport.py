@@ -15,10 +15,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import asyncssh
-
 from dagsync.config import PeerConfig
 from dagsync.errors import DagsyncError, TransportError
+from dagsync.sshlib import asyncssh
 
 log = logging.getLogger("dagsync.transport")
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +21,21 @@ def test_glibc_controls_are_found_and_callable() -> None:
     memory.limit_arenas(2)
     memory.trim()
     assert lib.malloc_trim(0) in (0, 1)  # 1: memory was released, 0: none to release
+
+
+def test_agent_loads_asyncssh_without_x509_and_umac() -> None:
+    """~2 MiB of every agent's idle RSS (docs/memory.md): asyncssh's optional X.509 and
+    UMAC support stay out of the process, whatever module reaches asyncssh first."""
+    code = ("import sys, dagsync.cli, dagsync.agent, dagsync.oneshot;"
+            "print(sorted(m for m in sys.modules if m.startswith(('cryptography.x509',"
+            " 'email', 'asyncssh.crypto.x509', 'asyncssh.crypto.umac'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
+    assert out.stdout.strip() == "[]"
+
+
+def test_no_module_imports_asyncssh_but_sshlib() -> None:
+    package = Path(memory.__file__).parent
+    direct = [f.name for f in package.glob("*.py") if f.name != "sshlib.py"
+              and re.search(r"^\s*(import asyncssh|from asyncssh)", f.read_text(), re.M)]
+    assert direct == []
