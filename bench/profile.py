@@ -38,6 +38,7 @@ assert _spec and _spec.loader
 R = importlib.util.module_from_spec(_spec)
 sys.modules["benchrun"] = R
 _spec.loader.exec_module(R)
+from arenas import report as arena_report  # noqa: E402 - bench/ leads sys.path
 
 # Leaf frames that mean "this thread is waiting for work", not computing or doing I/O.
 IDLE_MARKS = ("select (selectors.py)", "Condition.wait (threading.py)",
@@ -364,7 +365,7 @@ def smaps_breakdown(pid: int) -> str:
             f"({top})")
 
 
-def scenario_idle_mem(work: Path, files: int, restart: bool) -> None:
+def scenario_idle_mem(work: Path, files: int, restart: bool, arenas: bool = False) -> None:
     """bench/run.py (e) in phases: A alone after indexing the corpus, then all three
     after B and C's initial sync, then (--restart) the same agents freshly started."""
     corpus_dir, _ = R.corpus(work, files)
@@ -383,6 +384,8 @@ def scenario_idle_mem(work: Path, files: int, restart: bool) -> None:
             m = R.proc_mem_kib(n.proc.pid)
             print(f"  {n.name}: RSS {m['VmRSS'] / 1024:.1f} MiB (peak {m['VmHWM'] / 1024:.1f}); "
                   f"{smaps_breakdown(n.proc.pid)}")
+            if arenas:
+                print(arena_report(n.proc.pid, malloc=True))
 
     try:
         a.start()
@@ -497,6 +500,8 @@ def main() -> int:
                          "does: a churned ext4 slows creates for minutes)")
     ap.add_argument("--restart", action="store_true",
                     help="idle-mem: also measure the agents freshly restarted")
+    ap.add_argument("--arenas", action="store_true",
+                    help="idle-mem: also show what keeps each agent's arenas (bench/arenas.py)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
     ap.add_argument("--nice", type=int, default=0)
     ap.add_argument("--src", type=Path, default=None,
@@ -529,7 +534,7 @@ def main() -> int:
         elif args.scenario == "rescan":
             scenario_rescan(work, args.files or 20000)
         elif args.scenario == "idle-mem":
-            scenario_idle_mem(work, args.files or 20000, args.restart)
+            scenario_idle_mem(work, args.files or 20000, args.restart, args.arenas)
         else:
             scenario_mem(work, args.files or 20000)
     finally:
