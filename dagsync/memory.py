@@ -2,7 +2,10 @@
 
 glibc gives each thread that allocates its own malloc arena and rarely hands freed
 memory back; after a large initial sync an idle agent would keep tens of MB it no longer
-uses. Two arenas and an occasional malloc_trim(0) fix that. No-ops off glibc."""
+uses. One arena and an occasional malloc_trim(0) fix that: malloc_trim releases the free
+top of the main arena only, so a second arena's top (4-6 MiB after serving a sync, as
+`bench/arenas.py` shows) stayed resident. The threads mostly allocate holding the GIL,
+so they hardly contend for the one arena. No-ops off glibc."""
 
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ def _glibc() -> ctypes.CDLL | None:
     return _libc
 
 
-def limit_arenas(count: int = 2) -> None:
+def limit_arenas(count: int = 1) -> None:
     """Call early, before worker threads start."""
     lib = _glibc()
     if lib is not None:
