@@ -8,10 +8,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dagsync import memory
+from tests.cluster import wait_converged, write
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
@@ -66,3 +68,25 @@ def test_threads_share_the_main_malloc_arena(tmp_path: Path, mode: str, heaps: i
     subprocess.run([sys.executable, "-c", _HEAPS_AFTER_THREAD, mode, str(out)], check=True,
                    env={**os.environ, "PYTHONSAFEPATH": "1"})
     assert out.read_text().count("<heap nr=") == heaps
+
+
+def _openssl_libraries(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/maps") as maps:
+        return {os.path.basename(line.split()[-1]) for line in maps
+                if re.search(r"/lib(ssl|crypto)\.so", line)}
+
+
+def test_agents_replicate_without_the_system_openssl(cluster: Any) -> None:
+    """~4.5 MiB of every agent (docs/memory.md): SSH runs on cryptography's own OpenSSL;
+    the system's libssl/libcrypto (asyncio's TLS, hashlib's OpenSSL hashes) stay out."""
+    nodes = cluster("a", "b")
+    a, b = nodes["a"], nodes["b"]
+    write(a.dags / "etl.py", "from airflow import DAG\n")
+    a.start()
+    b.start()
+    wait_converged([a, b])
+    write(b.dags / "back.py", "x = 1\n")
+    wait_converged([a, b])
+    for n in (a, b):
+        assert n.proc is not None
+        assert _openssl_libraries(n.proc.pid) == set(), n.name

@@ -1,0 +1,34 @@
+"""Keep the system's OpenSSL out of a dagsync process.
+
+dagsync speaks SSH through asyncssh, whose ciphers, key exchange and signatures come
+from `cryptography`, which carries its own OpenSSL. The system's libssl and libcrypto
+get loaded anyway, for two things dagsync never needs: asyncio imports `ssl` for TLS,
+and hashlib imports `_hashlib` for OpenSSL's MD5 and SHA, which Python also has built
+in. Leaving both out saves each agent ~4.5 MiB resident (docs/memory.md).
+
+`keep_openssl_out` runs when the dagsync package is first imported, before anything has
+imported asyncio or hashlib. It does nothing when they are already loaded, as in a test
+process, and it does nothing on a Python built without its own hashes. `ssl` can still
+be imported afterwards: prometheus-client imports it when `metrics:` is set."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+# Python's own hash modules: hashlib and hmac fall back to them without _hashlib.
+_BUILTIN_HASHES = (("_md5", "_sha1", "_sha2") if sys.version_info >= (3, 12)
+                   else ("_md5", "_sha1", "_sha256", "_sha512"))
+
+
+def keep_openssl_out() -> None:
+    if "hashlib" not in sys.modules and "_hashlib" not in sys.modules and all(
+            importlib.util.find_spec(name) is not None for name in _BUILTIN_HASHES):
+        sys.modules["_hashlib"] = None  # type: ignore[assignment]  # stays: hmac looks later
+        import hashlib  # noqa: F401
+    if "asyncio" not in sys.modules and "ssl" not in sys.modules:
+        sys.modules["ssl"] = None  # type: ignore[assignment]
+        try:
+            import asyncio  # noqa: F401 - it imports ssl in a try: TLS off, nothing else
+        finally:
+            del sys.modules["ssl"]
