@@ -31,6 +31,7 @@ from dagsync.model import FileVersion, Kind
 
 SEQ_GAP = 1 << 32
 _VV_CACHE_MAX = 4_096  # parsed vectors kept: most files share a few
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds one a call
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema
@@ -131,7 +132,7 @@ def _row(folder: str, r: Record) -> tuple[object, ...]:
         v.mode,
         v.hash,
         int(v.deleted),
-        json.dumps(v.vv.to_wire(), separators=(",", ":")),
+        _compact_json(v.vv.to_wire()),
         v.hlc,
         v.origin,
         v.target,

@@ -25,6 +25,7 @@ from dagsync.model import FileVersion
 PROTOCOL_VERSION = 1
 MAX_FRAME = 8 * 1024 * 1024  # largest frame accepted (block + header)
 MAX_JSON = 4 * 1024 * 1024  # largest control message
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds one a call
 BLOCK_SIZE = 4 * 1024 * 1024  # largest content slice one Request may ask for
 MAX_INDEX_ENTRIES = 2000  # entries per Index message
 MAX_NAME = 255
@@ -139,13 +140,13 @@ class IndexBuilder:
     def add(self, version: FileVersion) -> None:
         if self.count:
             self._buf += b","
-        self._buf += json.dumps(version.to_wire(), separators=(",", ":")).encode()
+        self._buf += _compact_json(version.to_wire()).encode()
         self.count += 1
 
     def frame(self, folder: str, index_id: int, last_seq: int, caught_up: bool,
               from_seq: int) -> IndexFrame:
-        head = json.dumps(_index_head(folder, index_id, last_seq, from_seq, caught_up),
-                          separators=(",", ":")).encode()
+        head = _compact_json(_index_head(folder, index_id, last_seq, from_seq,
+                                         caught_up)).encode()
         body = bytes(self._buf) + b"]," + head[1:]
         return IndexFrame(folder=folder, index_id=index_id, last_seq=last_seq,
                           caught_up=caught_up, from_seq=from_seq, count=self.count, body=body)
@@ -555,7 +556,7 @@ def encode(msg: Message) -> bytes:
         body = _SIG_HEAD.pack(msg.id, msg.status, msg.target) + b"".join(
             _SIG_ENTRY.pack(length, h) for length, h in msg.chunks)
     else:
-        body = json.dumps(_encode_json(msg), separators=(",", ":")).encode()
+        body = _compact_json(_encode_json(msg)).encode()
         if len(body) > MAX_JSON:
             raise ValueError(f"{type(msg).__name__} too large ({len(body)} bytes)")
     if len(body) + 1 > MAX_FRAME:
