@@ -20,7 +20,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -521,6 +521,23 @@ def remove_file(root: Path, relpath: str) -> bool:
             return True
     except FileNotFoundError:
         return False  # a parent directory is already gone
+
+
+def existing(root: Path, relpaths: Iterable[str]) -> list[str]:
+    """The relpaths naming something on disk (os.path.lexists under `root`). Paths are
+    grouped by directory, and a directory that does not exist answers for all of them
+    in one stat. An empty peer's initial sync asks about thousands of paths in
+    directories it has not made yet."""
+    by_dir: dict[str, list[str]] = {}
+    for rel in relpaths:
+        by_dir.setdefault(rel.rpartition("/")[0], []).append(rel)
+    base = os.fspath(root)
+    found: list[str] = []
+    for reldir, rels in by_dir.items():
+        if len(rels) > 1 and not os.path.exists(os.path.join(base, reldir)):
+            continue  # nothing can exist below a directory that does not
+        found.extend(rel for rel in rels if os.path.lexists(os.path.join(base, rel)))
+    return found
 
 
 def read_range(

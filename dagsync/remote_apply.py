@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Iterable
 
@@ -147,10 +146,10 @@ class RemoteApply(LocalChanges):
         # A file edited locally since we recorded it is a local change: register it
         # first, so deciding against it archives it instead of overwriting it unseen.
         # Paths with no record and nothing on disk need no look (an empty peer's case).
-        root = str(self.root)
-        present = [p.remote.path for p in planned
-                   if p.remote.path in self.records
-                   or os.path.lexists(os.path.join(root, p.remote.path))]
+        records = self.records
+        present = [p.remote.path for p in planned if p.remote.path in records]
+        present += fsio.existing(self.root, [p.remote.path for p in planned
+                                             if p.remote.path not in records])
         registered = self._register(
             scan_paths(self.root, present, self, self.ignore, self.max_file_size), present
         ) if present else 0

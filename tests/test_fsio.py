@@ -454,3 +454,16 @@ def test_batch_commit_fails_a_file_whose_path_is_now_a_directory(
     assert (root / "good.py").read_bytes() == b"good"
     assert (root / "d" / "keep.py").read_bytes() == b"keep"
     assert list(private.iterdir()) == []
+
+
+def test_existing_answers_as_lexists_does(root: Path) -> None:
+    (root / "d").mkdir()
+    (root / "d" / "a.py").write_text("a")
+    (root / "d" / "dangling").symlink_to("nowhere")
+    (root / "f.py").write_text("f")
+    (root / "linked").symlink_to("d")
+    asked = ["d/a.py", "d/b.py", "d/dangling", "f.py", "g.py", "linked/a.py", "linked/x",
+             "f.py/under_a_file", "f.py/also", "new/one.py", "new/two.py", "new/deep/three.py"]
+    expected = [rel for rel in asked if os.path.lexists(root / rel)]
+    assert sorted(fsio.existing(root, asked)) == sorted(expected)
+    assert sorted(expected) == ["d/a.py", "d/dangling", "f.py", "linked/a.py"]

@@ -577,3 +577,54 @@ def test_an_unversioned_record_relayed_from_another_node_is_no_conflict() -> Non
     # A version older than the local file: on the node that found it, the file is kept.
     assert decide(adopted, stale, self_node="a").archive_local
     assert not decide(adopted, stale, self_node="b").archive_local
+
+
+async def test_files_written_here_but_not_yet_scanned_are_kept_when_remote_versions_arrive(
+    tmp_path: Path,
+) -> None:
+    """An apply looks for unrecorded files on disk (fsio.existing) before writing: each
+    local file is registered and decided, so its content ends in the folder or in the
+    conflict archive, never overwritten unseen; paths nothing holds are simply written."""
+    from dagsync import engine
+    from dagsync.archive import ConflictArchive
+    from dagsync.config import FolderConfig
+    from dagsync.index import Index
+    from dagsync.model import FolderMode
+
+    root, state = tmp_path / "dags", tmp_path / "state"
+    root.mkdir()
+    state.mkdir()
+    index = Index(state / "index.db")
+    try:
+        archive = ConflictArchive(state)
+        folder = engine.FolderEngine(
+            FolderConfig("dags", root, FolderMode.SEND_RECEIVE, ()), "local", index,
+            archive, engine.SharedClock(0), 1 << 20,
+        )
+        await folder.open()
+        local = {"team/a.py": b"a here\n", "team/b.py": b"b here\n", "solo.py": b"s here\n"}
+        for rel, data in local.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)  # not scanned: the folder has no record of them
+        paths = [*local, "team/new.py", "fresh/dir/new.py"]
+        theirs = {rel: f"{rel} from remote\n".encode() for rel in paths}
+        remotes = [replace(fv("remote", {"remote": 1}, NOW_MS, path=rel),
+                           size=len(theirs[rel]), hash=engine.content_hash(theirs[rel]))
+                   for rel in paths]
+
+        class Source:
+            async def fetch(self, v: FileVersion) -> bytes:
+                return theirs[v.path]
+
+            async def fetch_many(self, vs: list[FileVersion]) -> list[bytes | BaseException]:
+                return [theirs[v.path] for v in vs]
+
+        await folder.apply_batch(remotes, Source())
+        archived = {e.path: archive.read(e.id) for e in archive.list()}
+        for rel, data in local.items():
+            assert {(root / rel).read_bytes(), archived.get(rel)} == {data, theirs[rel]}, rel
+        for rel in ("team/new.py", "fresh/dir/new.py"):
+            assert (root / rel).read_bytes() == theirs[rel]
+            assert rel not in archived
+    finally:
+        index.close()
