@@ -1,27 +1,39 @@
 """asyncssh, loaded without the optional parts dagsync never uses.
 
 A node is a pinned ed25519 key, and the links negotiate AES-GCM or chacha20-poly1305,
-which carry their own MACs. asyncssh imports its X.509 certificate support (all of
-cryptography.x509, and the email package with it) and its UMAC MACs only when they can
-be imported. Keeping them out saves each agent ~2 MiB resident and ~50 ms of start-up
-(docs/memory.md). Import asyncssh from here, never directly."""
+which carry their own MACs, after an ML-KEM or curve25519 key exchange. asyncssh
+imports its X.509 certificate support (all of cryptography.x509, and the email package
+with it) and its UMAC MACs only when they can be imported, and looks for liboqs (for
+the sntrup761 exchange) with ctypes.util.find_library, which runs ldconfig and gcc twice
+(~25 ms). Leaving these out saves each agent ~2 MiB resident and ~75 ms of start-up
+(docs/memory.md, docs/initial-sync.md). Import asyncssh from here, never directly."""
 
 from __future__ import annotations
 
+import ctypes.util
 import sys
 
 _UNUSED = ("asyncssh.crypto.x509", "asyncssh.crypto.umac")
+_LIBOQS = ("oqs", "liboqs")
+
+
+def _load() -> None:
+    for name in _UNUSED:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+    find_library = ctypes.util.find_library
+    ctypes.util.find_library = lambda name: None if name in _LIBOQS else find_library(name)
+    try:
+        import asyncssh  # noqa: F401
+    finally:
+        ctypes.util.find_library = find_library
+        for name in _UNUSED:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+
 
 if "asyncssh" not in sys.modules:
-    for _name in _UNUSED:
-        sys.modules.setdefault(_name, None)  # type: ignore[arg-type]
-    try:
-        import asyncssh
-    finally:
-        for _name in _UNUSED:
-            if sys.modules.get(_name, 0) is None:
-                del sys.modules[_name]
-else:
-    import asyncssh
+    _load()
+
+import asyncssh  # noqa: E402
 
 __all__ = ["asyncssh"]
