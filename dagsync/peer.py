@@ -190,7 +190,7 @@ class PeerConnection(PeerServing, PeerFetching):
                 if exc is not None:
                     raise exc
         finally:
-            self.synced = self.in_sync(peer_vouched=self.peer_vouched)
+            self.synced = self.in_sync()
             for task in runners:
                 task.cancel()
             await asyncio.gather(*runners, return_exceptions=True)
@@ -407,13 +407,13 @@ class PeerConnection(PeerServing, PeerFetching):
 
     # --- one-shot completion ---------------------------------------------------------
 
-    def in_sync(self, peer_vouched: bool = False) -> bool:
+    def in_sync(self) -> bool:
         """We applied all the peer had and the peer applied all we have (which a peer
         closing with "round complete" vouches for: the versions we applied from it took
         sequence numbers here that it has no need to ack)."""
         return all(
             link.caught_up and link.failures == 0 and inbox_empty(link)
-            and (self.dry_run or peer_vouched or link.acked_seq >= link.folder.max_seq
+            and (self.dry_run or self.peer_vouched or link.acked_seq >= link.folder.max_seq
                  or link.folder.max_seq == 0)
             for link in self.links.values()
         )
