@@ -13,6 +13,7 @@ blocks keeping it: which objects to move out of the burst.
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import contextlib
 import os
@@ -173,7 +174,7 @@ def resident_anon(pid: int, arenas: list[Arena]) -> str:
                 if not entry >> 63:
                     continue
                 addr = lo + i * page
-                k = _bisect_right(starts, addr) - 1
+                k = bisect.bisect_right(starts, addr) - 1
                 if k >= 0 and addr < starts[k] + ARENA_SIZE:
                     in_arenas += page
                 else:
@@ -215,11 +216,6 @@ def malloc_heaps(pid: int) -> str:
     if mm:
         parts.append(f"mmapped chunks {mm.group(1)}: {int(mm.group(2)) / 2**20:.1f} MiB")
     return "malloc: " + "; ".join(parts)
-
-
-def _bisect_right(xs: list[int], x: int) -> int:
-    import bisect
-    return bisect.bisect_right(xs, x)
 
 
 def report(pid: int, sparse: float = 0.35, malloc: bool = False) -> str:

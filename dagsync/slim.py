@@ -13,12 +13,30 @@ be imported afterwards: prometheus-client imports it when `metrics:` is set."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 
 # Python's own hash modules: hashlib and hmac fall back to them without _hashlib.
 _BUILTIN_HASHES = (("_md5", "_sha1", "_sha2") if sys.version_info >= (3, 12)
                    else ("_md5", "_sha1", "_sha256", "_sha512"))
+
+
+@contextlib.contextmanager
+def modules_absent(*names: str) -> Iterator[None]:
+    """While the block runs, importing `names` raises ImportError, so a module imported
+    inside it that treats them as optional goes without. Names already loaded are left
+    as they are."""
+    blocked = [name for name in names if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 def keep_openssl_out() -> None:
@@ -27,8 +45,5 @@ def keep_openssl_out() -> None:
         sys.modules["_hashlib"] = None  # type: ignore[assignment]  # stays: hmac looks later
         import hashlib  # noqa: F401
     if "asyncio" not in sys.modules and "ssl" not in sys.modules:
-        sys.modules["ssl"] = None  # type: ignore[assignment]
-        try:
+        with modules_absent("ssl"):
             import asyncio  # noqa: F401 - it imports ssl in a try: TLS off, nothing else
-        finally:
-            del sys.modules["ssl"]

@@ -13,22 +13,20 @@ from __future__ import annotations
 import ctypes.util
 import sys
 
+from dagsync.slim import modules_absent
+
 _UNUSED = ("asyncssh.crypto.x509", "asyncssh.crypto.umac")
 _LIBOQS = ("oqs", "liboqs")
 
 
 def _load() -> None:
-    for name in _UNUSED:
-        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     find_library = ctypes.util.find_library
     ctypes.util.find_library = lambda name: None if name in _LIBOQS else find_library(name)
     try:
-        import asyncssh  # noqa: F401
+        with modules_absent(*_UNUSED):
+            import asyncssh  # noqa: F401
     finally:
         ctypes.util.find_library = find_library
-        for name in _UNUSED:
-            if sys.modules.get(name, 0) is None:
-                del sys.modules[name]
 
 
 if "asyncssh" not in sys.modules:
