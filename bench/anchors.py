@@ -38,6 +38,7 @@ from common import (
     CLK_TCK,
     PROCS,
     BenchError,
+    FileCounter,
     children,
     dag_text,
     first_line,
@@ -131,16 +132,20 @@ def conflict_copies(root: Path) -> list[str]:
 
 def wait_tree(roots: list[Path], ref: Tree, t0: float, timeout: float, what: str,
               alive: Callable[[], None] = lambda: None, poll: float = 0.02) -> float:
-    """Seconds from t0 to the poll that saw every root with ref's file count, verified
-    afterwards to hold ref's content."""
+    """Seconds from t0 to the poll that saw every root with ref's file count (counted as
+    common.FileCounter does for dagsync), verified afterwards to hold ref's content."""
     want = len(ref)
     deadline = time.monotonic() + timeout
     counts: list[int] = []
+    counters = [FileCounter(r, ref, _skip) for r in roots]
     while time.monotonic() < deadline:
-        counts = [count_files(r) for r in roots]
+        counts = [fc.count() for fc in counters]
         seen = time.perf_counter()
-        if all(c == want for c in counts) and all(tree(r) == ref for r in roots):
-            return seen - t0
+        if all(c == want for c in counts):
+            if all(tree(r) == ref for r in roots):
+                return seen - t0
+            for fc in counters:
+                fc.reset()
         alive()
         time.sleep(poll)
     raise BenchError(f"{what}: not complete within {timeout:.0f} s (files {counts}, want "

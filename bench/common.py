@@ -12,7 +12,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,49 @@ def first_line(cmd: list[str]) -> str:
         return lines[0] if lines else "?"
     except Exception as exc:
         return f"?? {exc}"
+
+
+class FileCounter:
+    """The file count of a tree under sync, for a completion poll that stays off the CPU
+    of the tool being timed.
+
+    The poll shares the machine with the tool it times: walking all 20,020 files every
+    20 ms cost ~12 ms of CPU each time (5,020 files: ~3 ms), about a third of a core taken
+    from the tool, and each listing holds the directory's lock while the tool creates
+    files in it. A tool timed by its exit (rsync, unison) pays none of that. So a directory
+    is listed only until it holds as many files as the reference has there; `reset()`
+    (after a failed full compare) lists everything again. Files in directories the
+    reference lacks are not counted: the full compare that follows a matching count
+    finds them.
+    """
+
+    def __init__(self, root: Path, relpaths: Iterable[str],
+                 skip: Callable[[str], bool]) -> None:
+        self.root = os.fspath(root)
+        self.want = Counter(os.path.dirname(p) for p in relpaths)
+        self.skip = skip
+        self.done: set[str] = set()
+
+    def count(self) -> int:
+        n = 0
+        for d, want in self.want.items():
+            if d in self.done:
+                n += want
+                continue
+            listed = self._files_in(d)
+            if listed == want:
+                self.done.add(d)
+            n += listed
+        return n
+
+    def reset(self) -> None:
+        self.done.clear()
+
+    def _files_in(self, reldir: str) -> int:
+        n = 0
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError), \
+                os.scandir(os.path.join(self.root, reldir)) as it:
+            for e in it:
+                if not e.is_dir(follow_symlinks=False) and not self.skip(e.name):
+                    n += 1
+        return n

@@ -82,6 +82,7 @@ from common import (  # noqa: E402  (loaded by path just above)
     PROCS,
     T_START,
     BenchError,
+    FileCounter,
     dag_text,
     free_port,
     log,
@@ -683,8 +684,9 @@ def wait_converged(targets: list[Node], ref: dict[str, tuple[int, str, int, int]
                    procs: Iterable[Node] = (),
                    marks: dict[str, float] | None = None,
                    probe: Callable[[], float] | None = None) -> tuple[float, int]:
-    """Poll the file count of every target every `poll` s; when all counts match the
-    reference, compare the trees in full (content). Returns (seconds from t0 to the poll
+    """Poll the file count of every target every `poll` s (common.FileCounter: a
+    directory is listed until it is complete); when all counts match the reference,
+    compare the trees in full (content). Returns (seconds from t0 to the poll
     that saw the complete, later verified, trees; number of full compares done).
     `marks` gets `first_file_s` (first poll with any file on every target) and, per
     target, `<name>_ready_s` (first poll that saw its control socket)."""
@@ -692,8 +694,9 @@ def wait_converged(targets: list[Node], ref: dict[str, tuple[int, str, int, int]
     compares = 0
     deadline = time.monotonic() + timeout
     last_diff: dict[str, Any] = {}
+    counters = [FileCounter(n.dags, ref, is_temp_name) for n in targets]
     while True:
-        counts = [count_files(n.dags) for n in targets]
+        counts = [fc.count() for fc in counters]
         seen = time.perf_counter()
         if marks is not None:
             if "first_file_s" not in marks and all(counts):
@@ -709,6 +712,8 @@ def wait_converged(targets: list[Node], ref: dict[str, tuple[int, str, int, int]
             if all(identical(d) for d in diffs.values()):
                 return seen - t0, compares
             last_diff = diffs
+            for fc in counters:
+                fc.reset()
         for n in procs:
             n.alive()
         if time.monotonic() > deadline:
@@ -1389,8 +1394,10 @@ def render(res: dict[str, Any], json_rel: str, plots: dict[str, str] | None = No
         w(f"Runs are interleaved (rsync, agent, one-shot; then again). A's agent indexed the "
           f"{ini['files']:,} files in {f_s(ini['a_first_index_s'])} before the first run "
           "(not part of any figure). Agent → agent timing polls B's file count every 20 ms "
-          "and compares the whole tree (paths, sizes, SHA-256) when the count matches; the "
-          "figure is the poll that saw the verified tree. rsync command: "
+          "(each directory is listed until it holds its expected number of files, so the "
+          "poll takes little of the CPU the two agents share with it) and compares the "
+          "whole tree (paths, sizes, SHA-256) when the count matches; the figure is the "
+          "poll that saw the verified tree. Syncthing is timed the same way. rsync command: "
           f"`{ini['rsync_ssh']['command']}`.")
         w("")
         if ag.get("cpu_s", {}).get("n"):
