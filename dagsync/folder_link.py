@@ -72,16 +72,17 @@ def _coalesce(link: FolderLink, msg: p.IndexFrame | p.Index) -> p.Index:
 SEND_READ = 250  # records read from the index at a time while building a batch
 
 
-def next_index_batch(index: Index, link: FolderLink, start: int) -> tuple[p.IndexFrame | None,
-                                                                        list[str]]:
+def next_index_batch(
+    index: Index, link: FolderLink, start: int
+) -> tuple[p.IndexFrame | None, list[tuple[str, FileVersion]]]:
     """Our next Index batch for this peer: records after `start`, minus what it sent us
     itself (echoes) and what the folder does not publish; None when nothing is newer.
     Runs in a worker thread and reads the index a few hundred records at a time, so a
     batch never exists as thousands of objects at once (see IndexBuilder). Also returns
-    the paths whose echo notes it looked at: the caller drops them on the event loop."""
+    the echo notes it looked at: the caller drops them on the event loop (drop_echoes)."""
     folder = link.folder
     builder = p.IndexBuilder()
-    consumed: list[str] = []
+    consumed: list[tuple[str, FileVersion]] = []
     last = start
     while not builder.full:
         records = index.since(folder.id, last, SEND_READ)
@@ -93,7 +94,7 @@ def next_index_batch(index: Index, link: FolderLink, start: int) -> tuple[p.Inde
                 continue
             sent = link.echo.get(v.path)
             if sent is not None:
-                consumed.append(v.path)
+                consumed.append((v.path, sent))
                 if sent == v:
                     continue
             builder.add(v)
@@ -103,6 +104,18 @@ def next_index_batch(index: Index, link: FolderLink, start: int) -> tuple[p.Inde
         return None, consumed
     return builder.frame(folder.id, folder.index_id, last, last >= folder.max_seq,
                          start), consumed
+
+
+def drop_echoes(link: FolderLink, consumed: list[tuple[str, FileVersion]]) -> None:
+    """Drop the echo notes a batch used up. A note the puller replaced meanwhile (the
+    peer sent a newer version of the path while the batch was read in its thread) stays:
+    dropped, that newer version would be sent back to the peer that made it."""
+    echo = link.echo
+    for path, note in consumed:
+        if echo.get(path) is note:
+            del echo[path]
+    if not echo:
+        link.echo = {}  # a dict keeps its largest table; this one held a whole index
 
 
 def _forget_echoes(link: FolderLink, entries: Iterable[FileVersion], applied: list[str]) -> None:

@@ -23,6 +23,7 @@ from dagsync.folder_link import (
     FolderLink,
     _coalesce,
     _forget_echoes,
+    drop_echoes,
     inbox_empty,
     next_index_batch,
 )
@@ -301,10 +302,7 @@ class PeerConnection(PeerServing, PeerFetching):
             start = link.sent_seq
             frame, consumed = await asyncio.to_thread(
                 next_index_batch, self.node.index, link, start)
-            for path in consumed:  # echo notes the batch used up
-                link.echo.pop(path, None)
-            if not link.echo:
-                link.echo = {}  # a dict keeps its largest table; this one held a whole index
+            drop_echoes(link, consumed)
             if frame is not None:
                 await self._send_drained(frame)
                 if link.sent_seq == start:  # else a Resend moved it back meanwhile

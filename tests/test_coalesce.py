@@ -136,9 +136,28 @@ def test_the_next_index_batch_leaves_out_echoes_and_unpublished_versions(tmp_pat
     assert frame_ is not None
     sent = [e.path for e in frame_.decode().entries]
     assert len(sent) == 598 and "p1.py" not in sent and "p3.py" not in sent
-    assert "p2.py" in sent and sorted(consumed) == ["p1.py", "p2.py"]
+    assert "p2.py" in sent and sorted(path for path, _ in consumed) == ["p1.py", "p2.py"]
     assert (frame_.from_seq, frame_.last_seq, frame_.caught_up) == (0, 600, True)
     assert next_index_batch(ix, lk, 600) == (None, [])
+    ix.close()
+
+
+def test_an_echo_note_replaced_while_the_batch_was_read_is_kept(tmp_path: Any) -> None:
+    """The puller may note a newer version from the peer while the sender's batch is read
+    in a worker thread; dropping the batch's notes must not drop that one, or the peer's
+    own newer version would be sent back to it."""
+    from dagsync.folder_link import drop_echoes, next_index_batch
+
+    ix, lk = _sending_link(tmp_path)
+    lk.echo["p1.py"] = version("p1.py", 1)
+    lk.echo["p2.py"] = version("p2.py", 1)
+    _, consumed = next_index_batch(ix, lk, 0)
+    newer = version("p2.py", 2)
+    lk.echo["p2.py"] = newer  # arrived meanwhile
+    drop_echoes(lk, consumed)
+    assert lk.echo == {"p2.py": newer}
+    drop_echoes(lk, [("p2.py", newer)])
+    assert lk.echo == {}
     ix.close()
 
 
