@@ -414,14 +414,15 @@ def mount_fresh_fs(work: Path, gib: int) -> None:
     # 512 new 10 KB files: ~5.8 ms on the root ext4, 8.7-9.3 ms with direct I/O,
     # 10-28 ms buffered, growing as the image fills). rsync never syncs; dagsync and
     # Syncthing do, so a buffered loop device measured mostly the loop device.
-    dio = "on"
     made = subprocess.run(["losetup", "--show", "-f", "--direct-io=on", os.fspath(image)],
                           capture_output=True, text=True)
-    if made.returncode != 0:  # the image's file system refuses O_DIRECT
-        dio = "off"
+    if made.returncode != 0:  # an older losetup, or the image's file system refuses O_DIRECT
         made = subprocess.run(["losetup", "--show", "-f", os.fspath(image)],
                               capture_output=True, text=True, check=True)
     device = made.stdout.strip()
+    # what the kernel does, not what was asked: it may keep a device buffered
+    flag = Path("/sys/block", Path(device).name, "loop", "dio")
+    dio = "on" if flag.exists() and flag.read_text().strip() == "1" else "off"
     run_cmd(["mount", device, os.fspath(work)])
     FRESH_FS.update(device=device, direct_io=dio)
 
