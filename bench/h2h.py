@@ -122,6 +122,10 @@ def render(res: dict[str, Any], plots: dict[str, str]) -> list[str]:
         w("| Tool | What is timed | Min | Median | Max | n | Notes |")
         w("|---|---|---|---|---|---|---|")
         w(_row("rsync -a --delete over ssh", "start → exit", ini["rsync_ssh"]["initial_s"]))
+        fs = ini.get("rsync_ssh_fsync")
+        if fs:
+            w(_row("rsync -a --delete --fsync over ssh", "start → exit", fs["initial_s"],
+                   "reference: as durable as dagsync"))
         w(_row("unison -batch over ssh", "start → exit (fresh archives)",
                (anc.get("unison") or {}).get("initial_s")))
         stx = anc.get("syncthing") or {}

@@ -37,6 +37,8 @@ def initial_items(sec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     items = []
     if sec.get("rsync_ssh", {}).get("initial_s", {}).get("n"):
         items.append(("rsync over ssh", sec["rsync_ssh"]["initial_s"]))
+    if sec.get("rsync_ssh_fsync", {}).get("initial_s", {}).get("n"):
+        items.append(("rsync --fsync", sec["rsync_ssh_fsync"]["initial_s"]))
     for k, label in (("unison", "unison over ssh"), ("syncthing", "Syncthing")):
         s = sec.get("anchors", {}).get(k, {}).get("initial_s", {})
         if s.get("n"):

@@ -546,9 +546,9 @@ SetEnv SHLVL=1
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def rsync_cmd(self, src: Path, dst: Path) -> list[str]:
-        return ["rsync", "-a", "--delete", "-e", f"ssh -F {self.cfg}",
-                os.fspath(src) + "/", f"bench:{dst}/"]
+    def rsync_cmd(self, src: Path, dst: Path, fsync: bool = False) -> list[str]:
+        return ["rsync", "-a", "--delete", *(["--fsync"] if fsync else []), "-e",
+                f"ssh -F {self.cfg}", os.fspath(src) + "/", f"bench:{dst}/"]
 
     def stop(self) -> None:
         PROCS.stop(self.proc)
@@ -762,6 +762,7 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
     rsync_dst = base / "rsync-target"
     rsync_log = base / "rsync.log"
     rs, ag, ag_compares, one, one_exit, one_compares = [], [], [], [], [], []
+    rs_fsync: list[float] = []
     ag_marks: list[dict[str, float]] = []
     cpu: dict[str, list[dict[str, float | None]]] = {"rsync": [], "agent": [], "oneshot": []}
     cpu_secs: dict[str, list[float]] = {"rsync": [], "agent": [], "oneshot": []}
@@ -808,6 +809,14 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
         rs.append(t)
         log(f"(a) run {i + 1}/{runs} rsync over ssh: {t:.3f} s; others' CPU "
             f"{cpu['rsync'][-1]['others_pct']} %")
+        if with_anchors:  # reference: rsync made as durable as dagsync (fsync per file)
+            empty_dir(rsync_dst)
+            t = timed_rsync(sshd.rsync_cmd(a.dags, rsync_dst, fsync=True), rsync_log)[0]
+            d = compare(ref, snapshot(rsync_dst))
+            if not identical(d):
+                raise BenchError(f"rsync --fsync run {i + 1}: target differs from A: {d}")
+            rs_fsync.append(t)
+            log(f"(a) run {i + 1}/{runs} rsync --fsync over ssh: {t:.3f} s")
 
         # dagsync agent -> agent: A running, B empty and brand new
         b.stop()
@@ -885,6 +894,9 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
     out["rsync_ssh"] = {"initial_s": stats(rs), "nochange_s": stats(noch),
                         "command": " ".join(sshd.rsync_cmd(Path("A"), Path("B"))),
                         "cpu_per_run": cpu["rsync"], "cpu_s": stats(cpu_secs["rsync"])}
+    if rs_fsync:
+        out["rsync_ssh_fsync"] = {"initial_s": stats(rs_fsync), "command": " ".join(
+            sshd.rsync_cmd(Path("A"), Path("B"), fsync=True))}
     out["dagsync_agent"] = {"initial_s": stats(ag), "full_compares": ag_compares,
                             "marks_per_run": ag_marks, "cpu_per_run": cpu["agent"],
                             "cpu_s": stats(cpu_secs["agent"]),
@@ -1397,6 +1409,11 @@ def render(res: dict[str, Any], json_rel: str, plots: dict[str, str] | None = No
         w(row_stats("rsync -a --delete over ssh", "start → exit (empty target)",
                     ini["rsync_ssh"]["initial_s"],
                     "private sshd on 127.0.0.1, remote user root, ~/.bashrc skipped"))
+        fs = ini.get("rsync_ssh_fsync")
+        if fs:
+            w(row_stats("rsync -a --delete --fsync over ssh", "start → exit (empty target)",
+                        fs["initial_s"], "reference, not the goal's baseline: rsync with "
+                        "each file fsynced, as durable as dagsync's writes"))
         ag = ini["dagsync_agent"]
         w(row_stats("dagsync agent → agent", "start of B's agent → B byte-identical to A",
                     ag["initial_s"],
