@@ -1740,10 +1740,12 @@ NOTES = [
     "bash only sources `~/.bashrc` for an sshd-started command when `SHLVL` < 2, so root's "
     "`pyenv init` does not run per ssh command; the harness checks this at start. The anchors "
     "used a dedicated `/bin/sh` user instead; the effect is the same.",
-    "* **dagsync writes durably** (temp file, `syncfs`, rename, directory fsync per batch); "
-    "rsync does not fsync. On this VM disk (ext4, `discard`) that difference is part of the "
-    "initial-sync figures. `syncfs` also flushes whatever else is dirty on the same file "
-    "system (other work on this machine).",
+    "* **dagsync writes durably** (each chunk of up to 512 files: temp files in a private "
+    "directory, one `syncfs`, each linked into place, a second `syncfs`); `rsync -a` does not "
+    "fsync, so that difference is part of the initial-sync figures. The row `rsync -a "
+    "--fsync` in (a) is rsync made durable (it fsyncs each file it writes): a reference for "
+    "what durability costs, not the goal's baseline. `syncfs` also flushes whatever else is "
+    "dirty on the same file system.",
     "* **Shared machine**: other engineers' test suites ran on the same 2 cores during the "
     "run (see the per-section CPU busy %). Treat min as the cost and the spread as noise.",
     "* Agents run with the default log level (info) writing to a file; `python -m dagsync "
