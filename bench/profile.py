@@ -2,6 +2,7 @@
 """Where dagsync spends its time in the scenarios bench/run.py measures.
 
     python bench/profile.py initial [--files 5000]   # py-spy on A and B during an initial sync
+    python bench/profile.py chunks  [--runs 3]       # B's apply thread: CPU, syncfs, waits
     python bench/profile.py burst   [--files 5000]   # py-spy on A, B, C during a 1,000-file burst
     python bench/profile.py latency                  # per-edit timeline from the agents' JSON logs
     python bench/profile.py mem     [--files 20000]  # RSS baselines + tracemalloc of the index
@@ -23,6 +24,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -54,13 +56,18 @@ def is_idle(leaf: str) -> bool:
     return any(m in leaf for m in IDLE_MARKS)
 
 
+GIL_ONLY = False  # --gil: sample only the thread holding the GIL (Python's own CPU time)
+
+
 def start_spy(pid: int, out: Path, rate: int = 100, idle: bool = True) -> subprocess.Popen[bytes]:
     spy = shutil.which("py-spy")
     if not spy:
         raise SystemExit("profile: py-spy not found (pip install py-spy)")
     cmd = [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
            "--threads", "--nolineno", "--output", os.fspath(out)]
-    if idle:
+    if GIL_ONLY:
+        cmd.append("--gil")
+    elif idle:
         cmd.append("--idle")
     p = R.PROCS.start(cmd, f"py-spy-{pid}", out.with_suffix(".log"))
     time.sleep(0.3)  # attach
@@ -182,6 +189,50 @@ def scenario_initial(work: Path, files: int) -> None:
     b.stop()
     analyze(base / "a.raw", "A (sender) during the initial sync")
     analyze(base / "b.raw", "B (receiver, from its start) during the initial sync")
+
+
+CHUNK_LINE = re.compile(r"chunk \d+/\d+ of (\d+) file\(s\): waited ([\d.]+) s for content, "
+                        r"applied in ([\d.]+) s \(([\d.]+) s of it on the CPU\)")
+SYNCFS_LINE = re.compile(r"syncfs took ([\d.]+) ms")
+
+
+def scenario_chunks(work: Path, files: int, runs: int) -> None:
+    """Initial syncs A -> new B without a profiler, B at debug level: where B's apply
+    thread spends its wall time (its own CPU, syncfs, the rest waiting for a core or the
+    GIL), summed from B's per-chunk log lines."""
+    corpus_dir, _ = R.corpus(work, files)
+    print("run  wall s  first file s  files  waited for content s  apply s  of it: CPU s  "
+          "syncfs s  other wait s  apply us/file")
+    for run in range(runs):
+        base = work / "profile" / f"chunks{run}"
+        a, b = R.Node("a", base / "a"), R.Node("b", base / "b")
+        b.global_args = ["--log-level", "debug"]
+        R.mesh([a, b])
+        R.copy_tree(corpus_dir, a.dags)
+        ref = R.snapshot(a.dags)
+        a.start()
+        a.wait_ready()
+        os.sync()
+        t0 = time.perf_counter()
+        b.start()
+        marks: dict[str, float] = {}
+        t, _ = R.wait_converged([b], ref, t0, 900, what=f"chunks run {run + 1}",
+                                procs=[a, b], marks=marks)
+        a.stop()
+        b.stop()
+        n = 0
+        waited = applied = cpu = syncfs = 0.0
+        for line in b.log.read_text().splitlines():
+            if m := CHUNK_LINE.search(line):
+                n += int(m.group(1))
+                waited += float(m.group(2))
+                applied += float(m.group(3))
+                cpu += float(m.group(4))
+            elif m := SYNCFS_LINE.search(line):
+                syncfs += float(m.group(1)) / 1000
+        print(f"{run + 1:>3}  {t:6.3f}  {marks.get('first_file_s', 0):12.2f}  {n:5d}  "
+              f"{waited:20.3f}  {applied:7.3f}  {cpu:12.3f}  {syncfs:8.3f}  "
+              f"{applied - cpu - syncfs:12.3f}  {applied / max(n, 1) * 1e6:13.0f}")
 
 
 def scenario_burst(work: Path, files: int) -> None:
@@ -493,11 +544,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenario",
-                    choices=("initial", "burst", "latency", "mem", "idle-mem", "rescan",
-                             "analyze"))
+                    choices=("initial", "chunks", "burst", "latency", "mem", "idle-mem",
+                             "rescan", "analyze"))
     ap.add_argument("raw", nargs="*", type=Path, help="analyze: raw py-spy files")
     ap.add_argument("--files", type=int, default=None)
     ap.add_argument("--edits", type=int, default=40)
+    ap.add_argument("--runs", type=int, default=3, help="chunks: initial syncs to take")
     ap.add_argument("--fresh-fs", type=int, default=0, metavar="GIB",
                     help="work on a fresh loop-mounted ext4 of this size (as bench/run.py "
                          "does: a churned ext4 slows creates for minutes)")
@@ -507,11 +559,16 @@ def main() -> int:
                     help="idle-mem: also show what keeps each agent's arenas (bench/arenas.py)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
     ap.add_argument("--nice", type=int, default=0)
+    ap.add_argument("--gil", action="store_true",
+                    help="py-spy samples only the thread holding the GIL: where Python's own "
+                         "CPU time goes, without the waits (for the GIL, a core, I/O)")
     ap.add_argument("--src", type=Path, default=None,
                     help="dir holding the dagsync/ package to profile, e.g. the snapshot a "
                          "bench/run.py run used (WORKDIR/src); default: a fresh snapshot "
                          "of this checkout")
     args = ap.parse_args()
+    global GIL_ONLY
+    GIL_ONLY = args.gil
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     work = args.workdir.resolve()
@@ -530,6 +587,8 @@ def main() -> int:
     try:
         if args.scenario == "initial":
             scenario_initial(work, args.files or 5000)
+        elif args.scenario == "chunks":
+            scenario_chunks(work, args.files or 5000, args.runs)
         elif args.scenario == "burst":
             scenario_burst(work, args.files or 5000)
         elif args.scenario == "latency":

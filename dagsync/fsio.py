@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,7 +236,10 @@ def _syncfs(fd: int) -> bool:
         fn = _libc.syncfs
     except (OSError, AttributeError):
         return False
-    if fn(ctypes.c_int(fd)) == 0:
+    started = time.perf_counter()
+    ok = fn(ctypes.c_int(fd)) == 0
+    log.debug("syncfs took %.1f ms", (time.perf_counter() - started) * 1000)
+    if ok:
         return True
     log.debug("syncfs failed (errno %d); falling back to fsync", ctypes.get_errno())
     return False
