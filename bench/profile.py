@@ -57,9 +57,12 @@ def is_idle(leaf: str) -> bool:
 
 
 GIL_ONLY = False  # --gil: sample only the thread holding the GIL (Python's own CPU time)
+RATE = 100  # --rate: py-spy samples per second
 
 
-def start_spy(pid: int, out: Path, rate: int = 100, idle: bool = True) -> subprocess.Popen[bytes]:
+def start_spy(pid: int, out: Path, rate: int | None = None,
+              idle: bool = True) -> subprocess.Popen[bytes]:
+    rate = rate or RATE
     spy = shutil.which("py-spy")
     if not spy:
         raise SystemExit("profile: py-spy not found (pip install py-spy)")
@@ -101,9 +104,10 @@ FOCUS = ("LocalChanges._vanished", "RemoteApply._apply_locked", "LocalChanges._r
          "to_thread", "IgnoreMatcher", "json/")
 
 
-def analyze(path: Path, title: str, top: int = 18, rate: int = 100) -> dict[str, Any]:
+def analyze(path: Path, title: str, top: int = 18, rate: int | None = None) -> dict[str, Any]:
     """Summarise raw py-spy output: per thread busy vs waiting, and the functions with the
     most samples (self and inclusive) among busy samples."""
+    rate = rate or RATE
     per_thread: collections.Counter[str] = collections.Counter()
     per_thread_busy: collections.Counter[str] = collections.Counter()
     self_c: collections.Counter[str] = collections.Counter()
@@ -559,6 +563,7 @@ def main() -> int:
                     help="idle-mem: also show what keeps each agent's arenas (bench/arenas.py)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
     ap.add_argument("--nice", type=int, default=0)
+    ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--gil", action="store_true",
                     help="py-spy samples only the thread holding the GIL: where Python's own "
                          "CPU time goes, without the waits (for the GIL, a core, I/O)")
@@ -567,8 +572,8 @@ def main() -> int:
                          "bench/run.py run used (WORKDIR/src); default: a fresh snapshot "
                          "of this checkout")
     args = ap.parse_args()
-    global GIL_ONLY
-    GIL_ONLY = args.gil
+    global GIL_ONLY, RATE
+    GIL_ONLY, RATE = args.gil, args.rate
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     work = args.workdir.resolve()
