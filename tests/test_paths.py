@@ -69,6 +69,23 @@ def test_check_relpath_refuses_with_reason(path: str, reason: str) -> None:
     assert message.startswith("refused path ")
 
 
+@pytest.mark.parametrize("tail", ["", "é", "\u2028"])  # the ASCII fast path and the rest
+def test_check_relpath_control_characters_each_code_point(tail: str) -> None:
+    for code in range(128):
+        c = chr(code)
+        path = f"dir/a{c}b{tail}.py"
+        if code < 0x20 or code == 0x7F:
+            with pytest.raises(PathRefused, match=r"NUL|control character"):
+                paths.check_relpath(path)
+        elif c == "\\":
+            with pytest.raises(PathRefused, match="backslash"):
+                paths.check_relpath(path)
+        elif c == "/":
+            continue  # a component separator, not a character of a name
+        else:
+            assert paths.check_relpath(path) is path
+
+
 def test_check_relpath_refuses_non_strings() -> None:
     with pytest.raises(PathRefused, match="not a string"):
         paths.check_relpath(b"a.py")  # type: ignore[arg-type]
