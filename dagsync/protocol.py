@@ -543,13 +543,9 @@ def encode(msg: Message) -> bytes:
     if isinstance(msg, IndexFrame):  # as it was received
         return _HEADER.pack(len(msg.body) + 1, _CODES[Index]) + msg.body
     code = _CODES[type(msg)]
-    if isinstance(msg, Response):
-        body = _RESPONSE_HEAD.pack(msg.id, msg.status) + msg.data
-    elif isinstance(msg, BatchResponse):
-        head = struct.pack(">II", msg.id, len(msg.items)) + b"".join(
-            _BATCH_ITEM.pack(status, len(data)) for status, data in msg.items)
-        body = head + b"".join(data for _, data in msg.items)
-    elif isinstance(msg, SignatureReply):
+    if isinstance(msg, Response | BatchResponse):  # content: copied once, into the frame
+        return _content_frame(msg, code)
+    if isinstance(msg, SignatureReply):
         if len(msg.chunks) > MAX_SIGNATURE_CHUNKS:
             raise ValueError(f"signature of {len(msg.chunks)} chunks exceeds "
                              f"{MAX_SIGNATURE_CHUNKS}")
@@ -562,6 +558,19 @@ def encode(msg: Message) -> bytes:
     if len(body) + 1 > MAX_FRAME:
         raise ValueError(f"frame too large ({len(body)} bytes)")
     return _HEADER.pack(len(body) + 1, code) + body
+
+
+def _content_frame(msg: Response | BatchResponse, code: int) -> bytes:
+    if isinstance(msg, Response):
+        parts = [_RESPONSE_HEAD.pack(msg.id, msg.status), msg.data]
+    else:
+        parts = [struct.pack(">II", msg.id, len(msg.items))]
+        parts += [_BATCH_ITEM.pack(status, len(data)) for status, data in msg.items]
+        parts += [data for _, data in msg.items]
+    size = sum(map(len, parts))
+    if size + 1 > MAX_FRAME:
+        raise ValueError(f"frame too large ({size} bytes)")
+    return b"".join([_HEADER.pack(size + 1, code), *parts])
 
 
 def _decode_batch_response(body: bytes | memoryview) -> BatchResponse:
