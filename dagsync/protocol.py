@@ -564,7 +564,7 @@ def _content_frame(msg: Response | BatchResponse, code: int) -> bytes:
     if isinstance(msg, Response):
         parts = [_RESPONSE_HEAD.pack(msg.id, msg.status), msg.data]
     else:
-        parts = [struct.pack(">II", msg.id, len(msg.items))]
+        parts = [_BATCH_HEAD.pack(msg.id, len(msg.items))]
         parts += [_BATCH_ITEM.pack(status, len(data)) for status, data in msg.items]
         parts += [data for _, data in msg.items]
     size = sum(map(len, parts))
