@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as json_str  # the C escaper json uses
 from typing import Any
 
 # An HLC value packs wall-clock milliseconds and a logical counter into one int:
@@ -86,6 +87,10 @@ class VersionVector:
 
     def to_wire(self) -> list[list[Any]]:
         return [[n, c] for n, c in self.counters]
+
+    def wire_json(self) -> str:
+        """to_wire() as compact JSON, the same text json.dumps gives, without the lists."""
+        return "[" + ",".join(f"[{json_str(n)},{c}]" for n, c in self.counters) + "]"
 
     @classmethod
     def from_wire(cls, raw: Any) -> VersionVector:

@@ -5,7 +5,6 @@ registration (local_changes.py) and remote apply (remote_apply.py)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Protocol
 import xxhash
 
 from dagsync.archive import ConflictArchive
+from dagsync.clock import VersionVector
 from dagsync.config import FolderConfig
 from dagsync.ignore import IgnoreMatcher
 from dagsync.index import Index, LocalStat, Record
@@ -143,17 +143,33 @@ class FolderState:
                 log.exception("folder %s: observer failed", self.id)
 
     def _remember(self, rec: Record) -> None:
-        v = rec.version
-        if v.path not in self.records:
-            self._dirs.update(parents_of(v.path))
-        self.records[v.path] = rec
+        path = rec.version.path
+        parent = path.rpartition("/")[0]
+        if parent and parent not in self._dirs:  # holds every ancestor of what it holds
+            self._dirs.update(parents_of(path))
+        self.records[path] = rec
 
     def _set_intent(self, versions: list[FileVersion]) -> None:
         """The write-ahead note of the versions an apply is about to put in place
         (remote_apply writes it, engine.FolderEngine.open replays it after a crash)."""
         key = f"intent:{self.id}"
         if versions or self.index.get_meta(key):
-            self.index.set_meta(key, json.dumps([v.to_wire() for v in versions]))
+            vectors: dict[VersionVector, str] = {}
+            self.index.set_meta(key, "[" + ",".join(v.wire_json(vectors) for v in versions)
+                                + "]")
+
+
+def with_parents(paths: list[str]) -> set[str]:
+    """The paths and every directory above them; each directory's ancestors are
+    listed once, however many files it holds."""
+    out = set(paths)
+    seen: set[str] = set()
+    for path in paths:
+        parent = path.rpartition("/")[0]
+        if parent and parent not in seen:
+            seen.add(parent)
+            out.update(parents_of(path))
+    return out
 
 
 def parents_of(path: str) -> list[str]:

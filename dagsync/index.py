@@ -31,7 +31,6 @@ from dagsync.model import FileVersion, Kind
 
 SEQ_GAP = 1 << 32
 _VV_CACHE_MAX = 4_096  # parsed vectors kept: most files share a few
-_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds one a call
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema
@@ -120,8 +119,13 @@ class IndexCorrupt(IndexUnavailable):
     """The file is not a readable SQLite database: its content is damaged."""
 
 
-def _row(folder: str, r: Record) -> tuple[object, ...]:
+def _row(folder: str, r: Record, vectors: dict[VersionVector, str]) -> tuple[object, ...]:
+    """The table row of a record; `vectors` (one per put) encodes each distinct vector
+    once: a batch's versions share a few."""
     v, st = r.version, r.stat
+    vv_json = vectors.get(v.vv)
+    if vv_json is None:
+        vv_json = vectors[v.vv] = v.vv.wire_json()
     return (
         folder,
         v.path,
@@ -132,7 +136,7 @@ def _row(folder: str, r: Record) -> tuple[object, ...]:
         v.mode,
         v.hash,
         int(v.deleted),
-        _compact_json(v.vv.to_wire()),
+        vv_json,
         v.hlc,
         v.origin,
         v.target,
@@ -403,10 +407,11 @@ class Index:
         with self._txn() as c:
             _, last = self._folder_row(c, folder)
             records = [Record(v, last + i, st) for i, (v, st) in enumerate(items, start=1)]
+            vectors: dict[VersionVector, str] = {}
             c.executemany(
                 f"INSERT OR REPLACE INTO files(folder, {_COLUMNS})"
                 " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_row(folder, r) for r in records],
+                [_row(folder, r, vectors) for r in records],
             )
             c.execute("UPDATE folders SET last_seq=? WHERE folder=?", (last + len(records), folder))
         return records

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
+from json.encoder import encode_basestring_ascii as json_str  # the C escaper json uses
 from typing import Any
 
 from dagsync.clock import VersionVector
@@ -68,6 +69,23 @@ class FileVersion:
             "o": self.origin,
             "t": self.target,
         }
+
+    def wire_json(self, vectors: dict[VersionVector, str] | None = None) -> str:
+        """to_wire() as compact JSON, the same text json.dumps(separators=(",", ":"))
+        gives, built without the dict: a sender encodes every entry of its index and a
+        receiver every version of its write-ahead intent. `vectors` (one per batch)
+        encodes each distinct vector once."""
+        vv = self.vv
+        if vectors is None:
+            vv_json = vv.wire_json()
+        else:
+            found = vectors.get(vv)
+            vv_json = vectors[vv] = found if found is not None else vv.wire_json()
+        return (f'{{"p":{json_str(self.path)},"k":{json_str(self.kind.value)},'
+                f'"s":{self.size:d},"m":{self.mtime_ns:d},"x":{self.mode:d},'
+                f'"h":{json_str(self.hash)},"d":{"true" if self.deleted else "false"},'
+                f'"v":{vv_json},"c":{self.hlc:d},"o":{json_str(self.origin)},'
+                f'"t":{json_str(self.target)}}}')
 
     @classmethod
     def from_wire(cls, d: Any, shared: dict[Any, Any] | None = None) -> FileVersion:

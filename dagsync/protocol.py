@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagsync import delta
+from dagsync.clock import VersionVector
 from dagsync.errors import ProtocolError
 from dagsync.model import FileVersion
 
@@ -132,6 +133,7 @@ class IndexBuilder:
     def __init__(self) -> None:
         self._buf = bytearray(b'{"entries":[')
         self.count = 0
+        self._vectors: dict[VersionVector, str] = {}  # a batch's entries share a few
 
     @property
     def full(self) -> bool:
@@ -140,7 +142,7 @@ class IndexBuilder:
     def add(self, version: FileVersion) -> None:
         if self.count:
             self._buf += b","
-        self._buf += _compact_json(version.to_wire()).encode()
+        self._buf += version.wire_json(self._vectors).encode("ascii")
         self.count += 1
 
     def frame(self, folder: str, index_id: int, last_seq: int, caught_up: bool,

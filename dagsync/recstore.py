@@ -158,6 +158,14 @@ class RecordStore(MutableMapping[str, Record]):
                 raise KeyError(path)
             return self._unpack(path, self._buf, start)
 
+    def get(self, path: str, default: Record | None = None) -> Record | None:  # type: ignore[override]
+        """One lookup; Mapping.get would raise and catch a KeyError for every miss."""
+        if not isinstance(path, str):
+            return default
+        with self._lock:
+            start = self._record_at(path)
+            return default if start < 0 else self._unpack(path, self._buf, start)
+
     def clear(self) -> None:
         with self._lock:
             self._buf = bytearray()

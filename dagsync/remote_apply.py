@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dagsync import fsio
 from dagsync.errors import PathRefused
 from dagsync.fetching import Fetch, fetch_all
-from dagsync.folder_state import BatchOutcome, Planned, content_hash, parents_of, stat_of
+from dagsync.folder_state import BatchOutcome, Planned, content_hash, stat_of, with_parents
 from dagsync.index import LocalStat
 from dagsync.local_changes import LocalChanges
 from dagsync.model import Action, ActionKind, FileVersion, FolderMode, Kind
@@ -157,9 +157,11 @@ class RemoteApply(LocalChanges):
         # first, so deciding against it archives it instead of overwriting it unseen.
         # Paths with no record and nothing on disk need no look (an empty peer's case).
         records = self.records
-        present = [p.remote.path for p in planned if p.remote.path in records]
-        present += fsio.existing(self.root, [p.remote.path for p in planned
-                                             if p.remote.path not in records])
+        present: list[str] = []
+        unknown: list[str] = []
+        for p in planned:
+            (present if p.remote.path in records else unknown).append(p.remote.path)
+        present += fsio.existing(self.root, unknown)
         registered = self._register(
             scan_paths(self.root, present, self, self.ignore, self.max_file_size), present
         ) if present else 0
@@ -182,9 +184,7 @@ class RemoteApply(LocalChanges):
         self._set_intent([a.result for _, _, a in decided
                           if a.result is not None and a.kind is not ActionKind.KEEP])
         creates = [d for d in decided if d[2].kind is not ActionKind.DELETE]
-        touched = {p.remote.path for p, _, _ in decided}
-        touched.update(d for path in list(touched) for d in parents_of(path))
-        self.applying = touched
+        self.applying = with_parents([p.remote.path for p, _, _ in decided])
         try:
             with fsio.Dirs(self.root) as dirs:  # closed before a delete removes a directory
                 self._apply_decided(creates, contents, staged, done, outcome, movable, dirs)
@@ -336,8 +336,12 @@ class RemoteApply(LocalChanges):
                     done.append((v, LocalStat(v.size, st.mtime_ns, st.inode)))
         if not done:
             return
-        for version, _ in done:
-            self.clock.observe(version.hlc)  # later local edits must beat what we hold
+        # Later local edits must beat what we hold. Observing the newest covers the rest,
+        # unless the clock refused it (too far ahead): then each one counts.
+        newest = max(v.hlc for v, _ in done)
+        if self.clock.observe(newest) < newest:
+            for version, _ in done:
+                self.clock.observe(version.hlc)
         for rec in self.index.put(self.id, done):
             self._remember(rec)
             self.max_seq = max(self.max_seq, rec.seq)

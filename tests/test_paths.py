@@ -211,3 +211,11 @@ def test_accepted_symlink_targets_resolve_strictly_inside(
     assert resolved not in (".", "..")
     assert not resolved.startswith("../")
     assert not posixpath.isabs(resolved)
+
+
+@given(st.lists(st.lists(st.sampled_from(["a", "b", "c.py", "é"]), min_size=1, max_size=4)
+                .map("/".join), max_size=30))
+def test_with_parents_is_every_path_and_every_directory_above_it(rels: list[str]) -> None:
+    from dagsync.folder_state import parents_of, with_parents
+
+    assert with_parents(rels) == set(rels) | {d for r in rels for d in parents_of(r)}

@@ -6,6 +6,7 @@ the session raises ProtocolError and nothing else, whatever bytes arrive.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from typing import Any
@@ -191,6 +192,26 @@ def test_an_index_built_entry_by_entry_decodes_as_the_whole_batch_would(
     received = greeted().receive_data(p.encode(frame_))
     assert [decoded(m) for m in received] == [whole]
     assert json.loads(frame_.body) == json.loads(p.encode(whole)[5:])
+
+
+# paths as a disk gives them: quotes, backslashes, control and non-ASCII characters,
+# astral ones, and the lone surrogates of undecodable bytes (surrogateescape)
+odd_text = st.text(min_size=1, max_size=80) | st.text(
+    st.sampled_from('a/."\\\x00\x1f\x7f\u00e9\u20ac\U0001F600\udc80\udcff'), min_size=1,
+    max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(file_versions, odd_text, odd_text, st.integers(-(2**62), INT64))
+def test_a_versions_wire_json_is_the_text_json_dumps_gives(
+    v: FileVersion, path: str, target: str, mtime_ns: int
+) -> None:
+    v = dataclasses.replace(v, path=path, target=target, origin=target, mtime_ns=mtime_ns)
+    expected = json.dumps(v.to_wire(), separators=(",", ":"))
+    vectors: dict[VersionVector, str] = {}
+    assert v.wire_json() == expected
+    assert v.wire_json(vectors) == expected and v.wire_json(vectors) == expected
+    assert vectors == {v.vv: json.dumps(v.vv.to_wire(), separators=(",", ":"))}
 
 
 def test_an_index_builder_is_full_at_max_entries_or_near_max_json() -> None:

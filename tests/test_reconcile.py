@@ -565,6 +565,49 @@ async def test_an_edit_on_top_of_a_version_from_a_clock_a_day_ahead_is_stamped_a
     assert edit.hlc > remote.hlc
 
 
+async def test_one_version_from_a_broken_clock_does_not_hide_the_others_in_its_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An apply observes the newest clock of a batch only; when that one is refused (a
+    day ahead), every other version of the batch must still move the clock past it."""
+    from dagsync import engine
+    from dagsync.archive import ConflictArchive
+    from dagsync.config import FolderConfig
+    from dagsync.index import Index
+    from dagsync.model import FolderMode
+
+    root, state = tmp_path / "dags", tmp_path / "state"
+    root.mkdir()
+    state.mkdir()
+    monkeypatch.setattr(engine, "wall_ms", lambda: NOW_MS)
+    index = Index(state / "index.db")
+    try:
+        clock = engine.SharedClock(0)
+        folder = engine.FolderEngine(
+            FolderConfig("dags", root, FolderMode.SEND_RECEIVE, ()), "local", index,
+            ConflictArchive(state), clock, 1 << 20,
+        )
+        await folder.open()
+        data = b"print('from remote')\n"
+        broken, ahead = (replace(fv("remote", {"remote": 1}, ms, path=path), size=len(data),
+                                 hash=engine.content_hash(data))
+                         for ms, path in ((NOW_MS + 25 * HOUR_MS, "broken.py"),
+                                          (NOW_MS + HOUR_MS, "ahead.py")))
+
+        class Source:
+            async def fetch(self, v: FileVersion) -> bytes:
+                return data
+
+            async def fetch_many(self, vs: list[FileVersion]) -> list[bytes | BaseException]:
+                return [data for _ in vs]
+
+        outcome = await folder.apply_batch([broken, ahead], Source())
+        assert sorted(outcome.applied) == ["ahead.py", "broken.py"]
+        assert ahead.hlc < clock.last < broken.hlc
+    finally:
+        index.close()
+
+
 def test_an_unversioned_record_relayed_from_another_node_is_no_conflict() -> None:
     """After a fresh start every node holds the adopting node's unversioned records; the
     first real edit of such a file must not look like a conflict anywhere else."""

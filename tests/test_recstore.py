@@ -56,6 +56,7 @@ def test_mapping_behaviour() -> None:
     assert len(store) == 2 and "a.py" in store and "c.py" not in store
     assert sorted(store) == ["a.py", "b.py"]
     assert store.get("c.py") is None and store.stat("c.py") is None
+    assert store.get(7) is None and store.get("c.py", store["b.py"]) == store["b.py"]  # type: ignore[call-overload]
     del store["a.py"]
     assert list(store.keys()) == ["b.py"] and store["b.py"].version.path == "b.py"
 
@@ -92,6 +93,9 @@ def test_any_sequence_of_writes_and_deletes_reads_like_a_dict(
     assert sorted(store) == sorted(model)
     for path, rec in model.items():
         assert store[path] == rec and store.seq(path) == rec.seq
+        assert store.get(path) == rec
+    for path in {p for _, p, _ in seq_ops} - model.keys():
+        assert store.get(path) is None and store.get(path, model.get("x")) is None
 
 
 def test_many_entries_survive_growth_and_compaction() -> None:
