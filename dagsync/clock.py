@@ -94,22 +94,22 @@ class VersionVector:
 
     @classmethod
     def from_wire(cls, raw: Any) -> VersionVector:
-        """Parse an untrusted peer's vector; raises ValueError when malformed."""
-        if not isinstance(raw, list) or len(raw) > 4096:
+        """Parse an untrusted peer's vector; raises ValueError when malformed. (Exact type
+        checks: JSON gives no subclasses, and a bool is not a counter.)"""
+        if type(raw) is not list or len(raw) > 4096:
             raise ValueError("bad version vector")
         pairs: dict[str, int] = {}
         for item in raw:
-            if (
-                not isinstance(item, list)
-                or len(item) != 2
-                or not isinstance(item[0], str)
-                or not isinstance(item[1], int)
-                or isinstance(item[1], bool)
-                or not 0 <= item[1] < 2**63
-                or item[0] in pairs
-            ):
+            if type(item) is not list or len(item) != 2:
                 raise ValueError("bad version vector entry")
-            pairs[item[0]] = item[1]
+            name, count = item
+            if (type(name) is not str or type(count) is not int or not 0 <= count < 2**63
+                    or name in pairs):
+                raise ValueError("bad version vector entry")
+            pairs[name] = count
+        if len(pairs) == 1:  # most versions: one node ever edited them
+            ((name, count),) = pairs.items()
+            return cls(((name, count),) if count else ())
         return cls.of(pairs)
 
 

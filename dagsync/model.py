@@ -15,6 +15,9 @@ class Kind(enum.StrEnum):
     SYMLINK = "symlink"
 
 
+_KIND_OF = {k.value: k for k in Kind}
+
+
 class FolderMode(enum.StrEnum):
     SEND_RECEIVE = "send-receive"
     SEND_ONLY = "send-only"
@@ -92,45 +95,38 @@ class FileVersion:
         """Build from an untrusted peer's dict; raises ValueError on any malformed field.
         `shared` (one per batch) gives equal vectors and origins one object: most of a
         batch's entries share a few of each."""
-        if not isinstance(d, dict):
+        if type(d) is not dict:  # exact types throughout: JSON gives no subclasses
             raise ValueError("file entry is not an object")
-        path, kind, size, mtime, mode = d.get("p"), d.get("k"), d.get("s"), d.get("m"), d.get("x")
-        hsh, deleted, hlc = d.get("h"), d.get("d"), d.get("c")
-        origin, target = d.get("o"), d.get("t")
-        if not isinstance(path, str) or not path:
+        get = d.get
+        path, kind, size, mtime, mode = get("p"), get("k"), get("s"), get("m"), get("x")
+        hsh, deleted, hlc, origin, target = get("h"), get("d"), get("c"), get("o"), get("t")
+        if type(path) is not str or not path:
             raise ValueError("bad path")
-        if kind not in ("file", "symlink"):
+        kind_ = _KIND_OF.get(kind) if type(kind) is str else None
+        if kind_ is None:
             raise ValueError(f"bad kind for {path!r}")
-        for name, val in (("size", size), ("mtime", mtime), ("mode", mode), ("hlc", hlc)):
-            if not isinstance(val, int) or isinstance(val, bool) or not 0 <= val < 2**63:
-                raise ValueError(f"bad {name} for {path!r}")
-        if not isinstance(hsh, str) or len(hsh) > 64:
+        if type(size) is not int or not 0 <= size < 2**63:
+            raise ValueError(f"bad size for {path!r}")
+        if type(mtime) is not int or not 0 <= mtime < 2**63:
+            raise ValueError(f"bad mtime for {path!r}")
+        if type(mode) is not int or not 0 <= mode < 2**63:
+            raise ValueError(f"bad mode for {path!r}")
+        if type(hlc) is not int or not 0 <= hlc < 2**63:
+            raise ValueError(f"bad hlc for {path!r}")
+        if type(hsh) is not str or len(hsh) > 64:
             raise ValueError(f"bad hash for {path!r}")
-        if not isinstance(deleted, bool):
+        if type(deleted) is not bool:
             raise ValueError(f"bad deleted flag for {path!r}")
-        if not isinstance(origin, str) or not origin or len(origin) > 255:
+        if type(origin) is not str or not origin or len(origin) > 255:
             raise ValueError(f"bad origin for {path!r}")
-        if not isinstance(target, str) or len(target) > 4096:
+        if type(target) is not str or len(target) > 4096:
             raise ValueError(f"bad symlink target for {path!r}")
-        assert isinstance(mode, int) and isinstance(size, int)
-        assert isinstance(mtime, int) and isinstance(hlc, int)
-        vv = VersionVector.from_wire(d.get("v"))
+        vv = VersionVector.from_wire(get("v"))
         if shared is not None:
             vv = shared.setdefault(vv, vv)
             origin = shared.setdefault(origin, origin)
-        return cls(
-            path=path,
-            kind=Kind(kind),
-            size=size,
-            mtime_ns=mtime,
-            mode=mode & 0o7777,
-            hash=hsh,
-            deleted=deleted,
-            vv=vv,
-            hlc=hlc,
-            origin=origin,
-            target=target,
-        )
+        return cls(path, kind_, size, mtime, mode & 0o7777, hsh, deleted, vv, hlc, origin,
+                   target)
 
 
 class ActionKind(enum.StrEnum):

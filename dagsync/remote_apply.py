@@ -34,18 +34,24 @@ class RemoteApply(LocalChanges):
     is registered before deciding, so it is archived, never overwritten unseen."""
 
     def screen(
-        self, remote: FileVersion, dirs_ignored: dict[str, bool] | None = None
+        self, remote: FileVersion, dirs: dict[str, tuple[bool, bool]] | None = None
     ) -> str | None:
-        """Why a remote entry must be refused, or None. SPEC guarantee 8. `dirs_ignored`
+        """Why a remote entry must be refused, or None. SPEC guarantee 8. `dirs`
         remembers directory answers over a batch (thousands of entries, a few dirs)."""
         try:
             check_relpath(remote.path)
         except PathRefused as exc:
             return str(exc)
-        if self._in_ignored_dir(remote.path.rpartition("/")[0], {} if dirs_ignored is None
-                                else dirs_ignored):
+        reldir, _, name = remote.path.rpartition("/")
+        memo = {} if dirs is None else dirs
+        known = memo.get(reldir)
+        if known is None:
+            known = memo[reldir] = (self._in_ignored_dir(reldir, {}),
+                                    self.ignore.clean_dir(reldir))
+        in_ignored, clean = known
+        if in_ignored:
             return "inside an ignored directory"
-        if self.ignore.ignored(remote.path, False):
+        if self.ignore.ignored_child(remote.path, name, False, clean):
             return "ignored name"
         if remote.deleted:
             return None
@@ -70,9 +76,9 @@ class RemoteApply(LocalChanges):
 
     def plan(self, entries: Iterable[FileVersion], outcome: BatchOutcome) -> list[Planned]:
         planned = []
-        dirs_ignored: dict[str, bool] = {}
+        dirs: dict[str, tuple[bool, bool]] = {}
         for remote in entries:
-            reason = self.screen(remote, dirs_ignored)
+            reason = self.screen(remote, dirs)
             if reason is not None:
                 outcome.refused.append((remote.path, reason))
                 continue

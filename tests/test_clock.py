@@ -199,6 +199,8 @@ def test_from_wire_accepts_the_largest_int64_counter() -> None:
 
 def test_from_wire_drops_zero_counters() -> None:
     assert VersionVector.from_wire([["a", 0], ["b", 2]]) == VV({"b": 2})
+    assert VersionVector.from_wire([["a", 0]]) == VV({}) == VersionVector.from_wire([])
+    assert VersionVector.from_wire([["b", 2], ["a", 1]]) == VV({"a": 1, "b": 2})  # sorted
 
 
 MALFORMED: list[tuple[str, Any]] = [

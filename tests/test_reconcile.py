@@ -671,3 +671,48 @@ async def test_files_written_here_but_not_yet_scanned_are_kept_when_remote_versi
             assert rel not in archived
     finally:
         index.close()
+
+
+async def test_remote_entries_the_folders_ignore_rules_match_are_refused(tmp_path: Path) -> None:
+    """The receiving side applies its own ignore rules to what peers send: an entry in an
+    ignored directory or with an ignored name is refused and never written."""
+    from dagsync import engine
+    from dagsync.archive import ConflictArchive
+    from dagsync.config import FolderConfig
+    from dagsync.index import Index
+    from dagsync.model import FolderMode
+
+    root, state = tmp_path / "dags", tmp_path / "state"
+    root.mkdir()
+    state.mkdir()
+    index = Index(state / "index.db")
+    try:
+        folder = engine.FolderEngine(
+            FolderConfig("dags", root, FolderMode.SEND_RECEIVE,
+                         ("logs/", "team/tmp_*.py", "*.bak", "!keep.bak")),
+            "local", index, ConflictArchive(state), engine.SharedClock(0), 1 << 20,
+        )
+        await folder.open()
+        data = b"x = 1\n"
+        paths = {"team/dag.py": None, "team/tmp_1.py": "ignored name",
+                 "team/logs/x.py": "inside an ignored directory",
+                 "logs/deep/y.py": "inside an ignored directory", "a.bak": "ignored name",
+                 "keep.bak": None, "team/__pycache__/m.pyc": "inside an ignored directory",
+                 "other/tmp_1.py": None}
+        remotes = [replace(fv("remote", {"remote": 1}, NOW_MS, path=rel), size=len(data),
+                           hash=engine.content_hash(data)) for rel in paths]
+
+        class Source:
+            async def fetch(self, v: FileVersion) -> bytes:
+                return data
+
+            async def fetch_many(self, vs: list[FileVersion]) -> list[bytes | BaseException]:
+                return [data for _ in vs]
+
+        outcome = await folder.apply_batch(remotes, Source())
+        assert dict(outcome.refused) == {p: r for p, r in paths.items() if r is not None}
+        assert sorted(outcome.applied) == sorted(p for p, r in paths.items() if r is None)
+        for rel, reason in paths.items():
+            assert (root / rel).exists() == (reason is None), rel
+    finally:
+        index.close()
