@@ -43,6 +43,16 @@ def test_agent_loads_asyncssh_without_x509_and_umac() -> None:
     assert out.stdout.split("\n")[:2] == ["[]", "True True"]
 
 
+def test_commands_start_without_library_warnings() -> None:
+    """cryptography 51+ warns that DSA is deprecated when asyncssh is imported: an
+    operator must not see that on every `dagsync` command (dagsync never uses DSA)."""
+    out = subprocess.run([sys.executable, "-W", "default", "-c",
+                          "import dagsync.cli, dagsync.agent, dagsync.oneshot, dagsync.sshlib"],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONSAFEPATH": "1"})
+    assert out.stderr == ""
+
+
 def test_no_module_imports_asyncssh_but_sshlib() -> None:
     package = Path(memory.__file__).parent
     direct = [f.name for f in package.glob("*.py") if f.name != "sshlib.py"
