@@ -132,14 +132,22 @@ def snapshot_source(dst: Path, source: str = "head") -> Path:
     if source == "head":
         sha = run_cmd(["git", "-C", os.fspath(REPO), "rev-parse", "HEAD"]).stdout.strip()
         data = subprocess.run(["git", "-C", os.fspath(REPO), "archive", "--format=tar", sha,
-                               "dagsync"], capture_output=True, check=True).stdout
+                               "dagsync", "setup.py"], capture_output=True, check=True).stdout
         with tarfile.open(fileobj=io.BytesIO(data)) as tf:
             tf.extractall(dst, filter="data")
         SNAPSHOT_INFO.update(source="git HEAD", commit=sha[:12])
     else:
         shutil.copytree(REPO / "dagsync", dst / "dagsync",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
+        shutil.copy(REPO / "setup.py", dst / "setup.py")
         SNAPSHOT_INFO.update(source="work tree")
+    # The C helper, as pip builds it at install (dagsync/_fastio.c, optional: without a
+    # compiler the agents run bulkio's Python loops, and the results say so).
+    if (dst / "setup.py").exists() and (dst / "dagsync" / "_fastio.c").exists():
+        built = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                               cwd=dst, capture_output=True, text=True)
+        SNAPSHOT_INFO["fastio"] = "built" if built.returncode == 0 and any(
+            (dst / "dagsync").glob("_fastio*.so")) else "not built"
     # Byte-compiled as an installed package is (pip and the .deb compile it): this
     # environment may set PYTHONDONTWRITEBYTECODE, and an agent importing from source
     # would otherwise compile every module at each start (~0.15 s, ~1 MB of RSS).

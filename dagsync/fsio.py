@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagsync import paths
+from dagsync import bulkio, paths
 from dagsync.errors import PathRefused
 
 log = logging.getLogger(__name__)
@@ -206,13 +206,6 @@ def _unlink_quietly(dir_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def _fsync_dir_at(dir_fd: int) -> None:
     """fsync a directory so a rename or unlink in it survives a power cut."""
     try:
@@ -268,43 +261,57 @@ def stage_file(
     root: Path, relpath: str, data: bytes, mode: int, mtime_ns: int,
     temp_dir: Path | None = None, dirs: Dirs | None = None,
 ) -> StagedWrite:
-    """Write `data` to a temp file with its final mode and mtime.
-
-    The temp file goes in `temp_dir` when given (a private directory on the same file
-    system, so the synced folder sees one new name and no temp-file churn), else beside
-    `relpath`. Missing parent directories are created (0o755, confined). Nothing is
-    fsynced here: commit() makes a whole batch durable at once. On any failure the temp
-    is removed. Pass the same `dirs` to a batch of calls and to commit() to open each
-    directory once.
-    """
-    name = _basename(relpath)
-    tmp = paths.temp_name(name, _temp_token())
+    """Write `data` to a temp file with its final mode and mtime (stage_files for one
+    file): its failure is raised. Without `dirs`, a directory in the way is refused
+    here rather than at commit()."""
     with _dirs_for(root, dirs) as ds:
-        folder_pfd = ds.parent(relpath, create=True)
-        if dirs is None:  # a batch skips this stat: commit() fails the file just the same
-            st = _lstat_at(folder_pfd, name)
+        if dirs is None:
+            st = _lstat_at(ds.parent(relpath, create=True), _basename(relpath))
             if st is not None and stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(errno.EISDIR, "is a directory", str(root / relpath))
-        pfd = ds.other(temp_dir) if temp_dir is not None else folder_pfd
-        perm = mode & 0o7777
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            perm if temp_dir is not None else 0o600, dir_fd=pfd,
-        )
+        result = stage_files(root, [(relpath, data, mode, mtime_ns)], temp_dir, ds)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def stage_files(
+    root: Path, writes: Sequence[tuple[str, bytes, int, int]], temp_dir: Path | None,
+    dirs: Dirs,
+) -> list[StagedWrite | Exception]:
+    """Write each (relpath, data, mode, mtime_ns) to a temp file with its final mode and
+    mtime; per write, its StagedWrite or the exception that failed it.
+
+    The temp files go in `temp_dir` when given (a private directory on the same file
+    system, so the synced folder sees one new name and no temp-file churn), else beside
+    their relpath. Missing parent directories are created (0o755, confined). Nothing is
+    fsynced here: commit() makes a whole batch durable at once. A failed write leaves no
+    temp. The syscalls of the whole batch run in one bulkio call.
+    """
+    results: list[StagedWrite | Exception] = []
+    items: list[bulkio.StageItem] = []
+    made: list[tuple[int, str, str, int]] = []  # (results index, relpath, temp, mode)
+    temp_fd = dirs.other(temp_dir) if temp_dir is not None else -1
+    for relpath, data, mode, mtime_ns in writes:
         try:
-            try:
-                _write_all(fd, data)
-                if temp_dir is None or perm & (0o7000 | _UMASK):  # open() left bits out
-                    os.fchmod(fd, perm)
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
-                written = os.fstat(fd)
-            finally:
-                os.close(fd)
-        except BaseException:
-            _unlink_quietly(pfd, tmp)
-            raise
-    return StagedWrite(root, relpath, tmp, temp_dir, mode, written.st_mtime_ns,
-                       written.st_ino)
+            folder_pfd = dirs.parent(relpath, create=True)
+        except (OSError, PathRefused) as e:
+            results.append(e)
+            continue
+        tmp = paths.temp_name(_basename(relpath), _temp_token())
+        perm = mode & 0o7777
+        if temp_dir is not None:  # open() applies the umask; chmod only if it cut bits
+            items.append((temp_fd, tmp, data, perm, bool(perm & (0o7000 | _UMASK)), mtime_ns))
+        else:  # beside the file: private (0o600) until its final mode is set
+            items.append((folder_pfd, tmp, data, perm, True, mtime_ns))
+        made.append((len(results), relpath, tmp, mode))
+        results.append(OSError("not staged"))  # replaced below
+    for (at, relpath, tmp, mode), out in zip(made, bulkio.stage_files(items), strict=True):
+        if isinstance(out, int):
+            results[at] = OSError(out, os.strerror(out), str(root / relpath))
+        else:
+            results[at] = StagedWrite(root, relpath, tmp, temp_dir, mode, out[0], out[1])
+    return results
 
 
 def commit(staged: Sequence[StagedWrite], dirs: Dirs | None = None) -> None:
@@ -368,16 +375,22 @@ def _rename_all(
     failed: dict[str, Exception],
     dirs_of: Callable[[Path], Dirs],
 ) -> None:
-    """Step 2 of commit: visibility, directory by directory. Directories on a file system
-    without syncfs are fsynced once each here."""
+    """Step 2 of commit: visibility. Files on a file system with syncfs are placed in
+    one bulkio call; directories elsewhere are fsynced file by file and once each."""
+    batch: list[StagedWrite] = []
+    items: list[bulkio.PlaceItem] = []
     for pfd, group in ready:
         need_fsync = os.fstat(pfd).st_dev not in synced
         renamed = False
         for s in group:
             try:
                 src_fd = dirs_of(s.root).other(s.temp_dir) if s.temp_dir is not None else pfd
-                if need_fsync:
-                    _fsync_at(src_fd, s.temp_name)
+                if not need_fsync:
+                    items.append((src_fd, s.temp_name, pfd, _basename(s.relpath),
+                                  s.in_temp_dir))
+                    batch.append(s)
+                    continue
+                _fsync_at(src_fd, s.temp_name)
                 _place(src_fd, s.temp_name, pfd, _basename(s.relpath), s.in_temp_dir)
                 renamed = True
             except OSError as e:
@@ -385,22 +398,17 @@ def _rename_all(
                 _abort_one(s)
         if renamed and need_fsync:
             _fsync_dir_at(pfd)
+    for s, err in zip(batch, bulkio.place_files(items), strict=True):
+        if err:
+            failed[s.relpath] = OSError(err, os.strerror(err), str(s.final_path))
+            _abort_one(s)
 
 
 def _place(src_fd: int, tmp: str, dst_fd: int, name: str, from_temp_dir: bool) -> None:
-    """Put a staged file in place atomically. A new file from the private temp dir is
-    hard-linked in and the temp unlinked: the watched folder then sees one plain create
-    (a rename in from an unwatched directory is a half move event that inotify watchers
-    must hold and match). An existing file is replaced by rename."""
-    if from_temp_dir:
-        try:
-            os.link(tmp, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
-        except OSError:
-            pass  # it exists, or no hard links here: rename instead
-        else:
-            _unlink_quietly(src_fd, tmp)
-            return
-    os.replace(tmp, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+    """Put one staged file in place atomically (bulkio.place_files_py says how)."""
+    err = bulkio.place_files_py([(src_fd, tmp, dst_fd, name, from_temp_dir)])[0]
+    if err:
+        raise OSError(err, os.strerror(err), name)
 
 
 def _abort_one(s: StagedWrite) -> None:

@@ -6,6 +6,7 @@ cluster's version of files edited on a receive-only folder."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -231,6 +232,7 @@ class RemoteApply(LocalChanges):
         movable: dict[str, list[str]],
         dirs: fsio.Dirs | None = None,
     ) -> None:
+        pending: list[tuple[FileVersion, bytes]] = []
         for p, local, action in decided:
             result = action.result
             if action.kind is ActionKind.KEEP or result is None:
@@ -254,7 +256,7 @@ class RemoteApply(LocalChanges):
                         result, stat_of(self.root, result.path))
                     log.info("folder %s: moved %s to %s", self.id, src, result.path)
                 else:
-                    item = self._apply_one(action, result, contents, staged, dirs)
+                    item = self._apply_one(action, result, contents, pending)
             except PathRefused as exc:
                 outcome.refused.append((result.path, str(exc)))
                 log.warning("folder %s: refused remote entry %r: %s", self.id, result.path, exc)
@@ -276,14 +278,44 @@ class RemoteApply(LocalChanges):
                 continue
             if item is not None:
                 done.append(item)
+        for result, why in self._stage(pending, staged, dirs):
+            if isinstance(why, PathRefused):
+                outcome.refused.append((result.path, str(why)))
+                log.warning("folder %s: refused remote entry %r: %s", self.id, result.path, why)
+            else:
+                outcome.failed.append((result.path, why.strerror or str(why)))
+                log.error("folder %s: cannot apply %s: %s", self.id, result.path,
+                          why.strerror or why)
+
+    def _stage(
+        self,
+        pending: list[tuple[FileVersion, bytes]],
+        staged: list[tuple[fsio.StagedWrite, FileVersion]],
+        dirs: fsio.Dirs | None,
+    ) -> list[tuple[FileVersion, OSError | PathRefused]]:
+        """Write the verified content of `pending` to temp files in one batch (adding them
+        to `staged`); the versions that could not be written, with why."""
+        if not pending:
+            return []
+        writes = [(v.path, data, v.mode, v.mtime_ns) for v, data in pending]
+        with fsio.Dirs(self.root) if dirs is None else contextlib.nullcontext(dirs) as ds:
+            results = fsio.stage_files(self.root, writes, self.temp_dir, ds)
+        failed: list[tuple[FileVersion, OSError | PathRefused]] = []
+        for (version, _), res in zip(pending, results, strict=True):
+            if isinstance(res, fsio.StagedWrite):
+                staged.append((res, version))
+            elif isinstance(res, (OSError, PathRefused)):
+                failed.append((version, res))
+            else:
+                raise res
+        return failed
 
     def _apply_one(
         self,
         action: Action,
         result: FileVersion,
         contents: dict[str, bytes],
-        staged: list[tuple[fsio.StagedWrite, FileVersion]],
-        dirs: fsio.Dirs | None = None,
+        pending: list[tuple[FileVersion, bytes]],
     ) -> tuple[FileVersion, LocalStat | None] | None:
         if action.kind is ActionKind.DELETE:
             fsio.remove_file(self.root, result.path)
@@ -299,8 +331,7 @@ class RemoteApply(LocalChanges):
         data = contents.get(result.path)
         if data is None or content_hash(data) != result.hash:
             raise ContentMissing("content not available (changed on the peer during the round)")
-        staged.append((fsio.stage_file(self.root, result.path, data, result.mode,
-                                       result.mtime_ns, self.temp_dir, dirs), result))
+        pending.append((result, data))  # written with the rest of the chunk (_stage)
         return None
 
     def _archive(self, loser: FileVersion, winner: FileVersion) -> None:
@@ -383,16 +414,19 @@ class RemoteApply(LocalChanges):
     ) -> None:
         staged: list[tuple[fsio.StagedWrite, FileVersion]] = []
         done: list[tuple[FileVersion, LocalStat | None]] = []
+        pending: list[tuple[FileVersion, bytes]] = []
         for p in planned:
             if p.remote.path not in self.reverts or self.version(p.remote.path) != p.remote:
                 continue
             try:
-                item = self._apply_one(p.action, p.remote, contents, staged)
+                item = self._apply_one(p.action, p.remote, contents, pending)
             except (OSError, PathRefused, ContentMissing) as exc:
                 outcome.failed.append((p.remote.path, getattr(exc, "strerror", None) or str(exc)))
                 continue
             if item is not None:
                 done.append(item)
+        for version, why in self._stage(pending, staged, None):
+            outcome.failed.append((version.path, getattr(why, "strerror", None) or str(why)))
         self._commit(staged, done, outcome)
         if done:
             for v, _ in done:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dagsync import fsio, paths
+from dagsync import bulkio, fsio, paths
 from dagsync.errors import PathRefused
 
 MTIME = 1_700_000_000_123_456_789
@@ -122,6 +122,7 @@ def test_stage_failure_leaves_no_temp(root: Path, monkeypatch: pytest.MonkeyPatc
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "write", full)
+    monkeypatch.setattr(bulkio, "stage_files", bulkio.stage_files_py)  # C: test_bulkio
     with pytest.raises(OSError) as info:
         fsio.stage_file(root, "dag.py", b"data", 0o644, MTIME)
     assert info.value.errno == errno.ENOSPC

@@ -472,18 +472,29 @@ def dists(build_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield out
 
 
+def the_wheel(dists: Path) -> Path:
+    wheels = list(dists.glob(f"dagsync-{VERSION}-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
 @pytest.mark.soak
 def test_sdist_and_wheel_contents(dists: Path) -> None:
     sdist = dists / f"dagsync-{VERSION}.tar.gz"
-    wheel = dists / f"dagsync-{VERSION}-py3-none-any.whl"
+    wheel = the_wheel(dists)
+    # the C helper makes it a platform wheel, for this interpreter's ABI
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    assert wheel.name.startswith(f"dagsync-{VERSION}-{tag}-{tag}-linux_"), wheel.name
     assert sorted(p.name for p in dists.iterdir()) == sorted([sdist.name, wheel.name])
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert {"pyproject.toml", "PKG-INFO", "README.md", "dagsync/__init__.py",
-            "dagsync/sdnotify.py"} <= names
+            "dagsync/sdnotify.py", "setup.py", "dagsync/_fastio.c"} <= names
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         assert "dagsync/cli.py" in names and "dagsync/sdnotify.py" in names
+        # compiled from the sdist's C source (optional only where no compiler exists)
+        assert any(re.fullmatch(r"dagsync/_fastio\..*\.so", n) for n in names), names
         entry_points = zf.read(f"dagsync-{VERSION}.dist-info/entry_points.txt").decode()
         metadata = zf.read(f"dagsync-{VERSION}.dist-info/METADATA").decode()
     assert "dagsync = dagsync.cli:main" in entry_points
@@ -506,7 +517,7 @@ def test_wheel_installs_into_clean_venv(dists: Path, tmp_path: Path) -> None:
                           capture_output=True, text=True, check=True).stdout.strip()
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(site) / "_outer_env.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
-    wheel = dists / f"dagsync-{VERSION}-py3-none-any.whl"
+    wheel = the_wheel(dists)
     res = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
                           "--disable-pip-version-check", str(wheel)],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -521,3 +532,8 @@ def test_wheel_installs_into_clean_venv(dists: Path, tmp_path: Path) -> None:
                             "import dagsync; print(dagsync.__file__)"], capture_output=True,
                            text=True, check=True, cwd=tmp_path, env=clean_env()).stdout
     assert where.startswith(str(venv)), f"imported {where}, not the installed wheel"
+    fast = subprocess.run([str(venv / "bin" / "python"), "-c",
+                           "from dagsync import bulkio; print(bulkio.FAST)"],
+                          capture_output=True, text=True, check=True, cwd=tmp_path,
+                          env=clean_env()).stdout
+    assert fast.strip() == "True"  # the wheel's C helper loads

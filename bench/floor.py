@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""How close to rsync could an initial sync get if writing the files cost nothing?
+
+    python bench/floor.py [--files 5000] [--runs 3] [--fresh-fs 8]
+
+Interleaved in one invocation, on the corpus and nodes of bench/run.py (a):
+  rsync     `rsync -a` over ssh to an empty target (the goal's baseline);
+  agent     dagsync agent -> a new, empty agent B (what (a) measures);
+  agent-py  the same with B's file writes in Python loops (DAGSYNC_NO_FASTIO=1), for
+            the before/after of the C helper dagsync/_fastio.c;
+  no-apply  the same, but B's apply step is replaced by one that discards each chunk
+            and notes when its content was in hand (a sitecustomize on B's PYTHONPATH
+            only; dagsync itself has no such switch). Its time is B's start-up, the
+            connection, the index exchange and the transfer of every file's content to
+            B's memory, verified: everything but the apply.
+
+If `no-apply` alone is not well under rsync's time, no receiver-side apply change (a C
+extension for the write loop, a separate apply process, fewer syncfs) can bring the
+agent to 1.0x. Every process started is tracked and stopped by PID (bench/run.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import importlib.util
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("benchrun", HERE / "run.py")
+assert _spec and _spec.loader
+R = importlib.util.module_from_spec(_spec)
+sys.modules["benchrun"] = R
+_spec.loader.exec_module(R)
+
+# Loaded by B's interpreter at start-up (site imports `sitecustomize` from sys.path).
+DISCARD_APPLY = '''
+import os, time
+_out = os.environ.get("DAGSYNC_FLOOR_OUT")
+if _out:
+    import dagsync.remote_apply as _ra
+    _seen = [0]
+
+    def _discard(self, planned, contents, outcome):
+        _seen[0] += len(planned)
+        with open(_out, "a") as f:
+            f.write(f"{_seen[0]} {time.monotonic():.6f}\\n")
+        return False, 0.0
+
+    _ra.RemoteApply._apply_timed = _discard
+'''
+
+
+def wait_chunks(path: Path, want: int, t0: float, b: R.Node, timeout: float = 300) -> float:
+    """Seconds from t0 until B noted `want` files' content in hand."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        b.alive()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                n, at = line.split()
+                if int(n) >= want:
+                    return float(at) - t0
+        time.sleep(0.01)
+    raise R.BenchError(f"no-apply run: B did not receive {want} files within {timeout} s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=5000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--fresh-fs", type=int, default=8, metavar="GIB")
+    ap.add_argument("--modes", default="agent,agent-py,no-apply",
+                    help="dagsync variants to time beside rsync, in this order per run")
+    ap.add_argument("--source", choices=("head", "worktree"), default="head")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
+    args = ap.parse_args()
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if args.fresh_fs:
+        R.mount_fresh_fs(work, args.fresh_fs)
+    R.load_dagsync(R.snapshot_source(work / "src-floor", args.source))
+    print(f"dagsync snapshot: {R.SNAPSHOT_INFO}", flush=True)
+    R.PROCS.pidfile = work / "pids-floor"
+    atexit.register(R.PROCS.stop_all)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, R._on_signal)
+
+    probe_dir = Path(tempfile.mkdtemp(prefix="floor-site-", dir=work))
+    (probe_dir / "sitecustomize.py").write_text(DISCARD_APPLY)
+    corpus_dir, _ = R.corpus(work, args.files)
+    sshd = R.SSHD(work)
+    sshd.start()
+    base = work / "floor"
+    a, b = R.Node("a", base / "a"), R.Node("b", base / "b")
+    R.mesh([a, b])
+    R.copy_tree(corpus_dir, a.dags)
+    ref = R.snapshot(a.dags)
+    a.start()
+    a.wait_ready()
+    rsync_dst = base / "rsync-target"
+    modes = args.modes.split(",")
+    times: dict[str, list[float]] = {m: [] for m in ["rsync", *modes]}
+    try:
+        for i in range(args.runs):
+            R.empty_dir(rsync_dst)
+            t, _ = R.timed_rsync(sshd.rsync_cmd(a.dags, rsync_dst), base / "rsync.log",
+                                 sshd.pid)
+            times["rsync"].append(t)
+
+            for mode in modes:
+                b.stop()
+                b.reset()
+                a.alive()
+                out = base / f"floor-{i}.txt"
+                out.unlink(missing_ok=True)
+                b.env = {"no-apply": {"PYTHONPATH": os.fspath(probe_dir),
+                                      "DAGSYNC_FLOOR_OUT": os.fspath(out)},
+                         "agent-py": {"DAGSYNC_NO_FASTIO": "1"}}.get(mode)
+                os.sync()
+                t0 = time.monotonic()
+                b.start()
+                if mode != "no-apply":
+                    t, _ = R.wait_converged([b], ref, t0, timeout=900, what="agent run",
+                                            procs=[a, b])
+                else:
+                    t = wait_chunks(out, len(ref), t0, b)
+                times[mode].append(t)
+            print(f"run {i + 1}/{args.runs}: "
+                  + ", ".join(f"{m} {xs[-1]:.3f} s" for m, xs in times.items()), flush=True)
+    finally:
+        b.stop()
+        a.stop()
+        sshd.stop()
+    rs = statistics.median(times["rsync"])
+    for mode, xs in times.items():
+        print(f"{mode:9s} min {min(xs):.3f}  median {statistics.median(xs):.3f}  "
+              f"max {max(xs):.3f} s  median over rsync {statistics.median(xs) / rs:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

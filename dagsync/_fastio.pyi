@@ -1,0 +1,8 @@
+"""Types of the optional C helper (dagsync/_fastio.c); see bulkio.py."""
+
+from collections.abc import Sequence
+
+def stage_files(
+    items: Sequence[tuple[int, str, bytes | memoryview, int, bool, int]],
+) -> list[tuple[int, int] | int]: ...
+def place_files(items: Sequence[tuple[int, str, int, str, bool]]) -> list[int]: ...

@@ -1,0 +1,175 @@
+"""bulkio's batch writes and renames, the C helper and the Python loops alike, on real
+files: same results, same errors, nothing left behind by a failed file."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dagsync import bulkio
+
+try:
+    from dagsync import _fastio
+except ImportError:  # not built: only the Python loops are tested (CI builds it)
+    _fastio = None  # type: ignore[assignment]
+
+IMPLS: dict[str, tuple[Callable[..., Any], Callable[..., Any]] | None] = {
+    "python": (bulkio.stage_files_py, bulkio.place_files_py),
+    "c": (_fastio.stage_files, _fastio.place_files) if _fastio is not None else None,
+}
+
+
+@pytest.fixture(params=list(IMPLS))
+def impl(request: pytest.FixtureRequest) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    found = IMPLS[request.param]
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("dagsync._fastio was not built (pip install needs gcc and the "
+                        "Python headers)")
+        pytest.skip("dagsync._fastio not built here")
+    return found
+
+
+@pytest.fixture
+def dir_fd(tmp_path: Path) -> Iterator[int]:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+MTIME = 1_700_000_000_123_456_789
+
+
+def test_stage_writes_content_mode_and_mtime(impl: Any, tmp_path: Path, dir_fd: int) -> None:
+    stage, _ = impl
+    old = os.umask(0o022)
+    try:
+        out = stage([
+            (dir_fd, "a.tmp", b"print('a')\n", 0o644, False, MTIME),
+            (dir_fd, "b.tmp", memoryview(b"#!/bin/sh\n"), 0o775, True, MTIME),
+            (dir_fd, "old.tmp", b"", 0o600, True, -1_500_000_000),  # before 1970, empty
+        ])
+    finally:
+        os.umask(old)
+    for name, want, mode, mtime in (("a.tmp", b"print('a')\n", 0o644, MTIME),
+                                    ("b.tmp", b"#!/bin/sh\n", 0o775, MTIME),
+                                    ("old.tmp", b"", 0o600, -1_500_000_000)):
+        st = os.stat(tmp_path / name)
+        assert (tmp_path / name).read_bytes() == want
+        assert st.st_mode & 0o7777 == mode  # 0o775: the umask's cut undone by chmod
+        assert st.st_mtime_ns == mtime
+    assert out == [(os.stat(tmp_path / n).st_mtime_ns, os.stat(tmp_path / n).st_ino)
+                   for n in ("a.tmp", "b.tmp", "old.tmp")]
+
+
+def test_stage_never_overwrites_or_follows(impl: Any, tmp_path: Path, dir_fd: int) -> None:
+    """O_EXCL|O_NOFOLLOW: an existing name or a symlink planted at the temp name fails
+    that file alone; neither it nor the symlink's target is touched."""
+    stage, _ = impl
+    (tmp_path / "taken.tmp").write_bytes(b"keep me")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.write_bytes(b"outside")
+    (tmp_path / "link.tmp").symlink_to(outside)
+    out = stage([(dir_fd, "taken.tmp", b"new", 0o644, False, MTIME),
+                 (dir_fd, "link.tmp", b"new", 0o644, False, MTIME),
+                 (dir_fd, "fine.tmp", b"fine", 0o644, False, MTIME)])
+    assert out[0] == errno.EEXIST and out[1] == errno.EEXIST
+    assert isinstance(out[2], tuple)
+    assert (tmp_path / "taken.tmp").read_bytes() == b"keep me"  # not unlinked either
+    assert outside.read_bytes() == b"outside"
+    assert (tmp_path / "link.tmp").is_symlink()
+    assert (tmp_path / "fine.tmp").read_bytes() == b"fine"
+
+
+def test_stage_bad_directory_fails_per_file(impl: Any, tmp_path: Path, dir_fd: int) -> None:
+    stage, _ = impl
+    closed = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    os.close(closed)
+    out = stage([(closed, "x.tmp", b"x", 0o644, False, MTIME),
+                 (dir_fd, "y.tmp", b"y", 0o644, False, MTIME)])
+    assert out[0] == errno.EBADF and isinstance(out[1], tuple)
+
+
+def test_stage_rejects_malformed_items_before_writing(impl: Any, tmp_path: Path,
+                                                      dir_fd: int) -> None:
+    stage, _ = impl
+    with pytest.raises((TypeError, ValueError)):
+        stage([(dir_fd, "ok.tmp", b"x", 0o644, False, MTIME), ("not", "an", "item")])
+    if stage is not bulkio.stage_files_py:  # C parses the whole batch first
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_stage_full_disk_leaves_no_temp(impl: Any, tmp_path: Path) -> None:
+    """A real ENOSPC (a 1 MiB tmpfs): the file that does not fit fails and its temp is
+    removed, which frees the room the next file of the batch then uses."""
+    stage, _ = impl
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs: {res.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
+    try:
+        fd = os.open(disk, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            out = stage([(fd, "big.tmp", b"x" * (2 << 20), 0o644, False, MTIME),
+                         (fd, "small.tmp", b"small", 0o644, False, MTIME)])
+        finally:
+            os.close(fd)
+        assert out[0] == errno.ENOSPC
+        assert isinstance(out[1], tuple)
+        assert sorted(p.name for p in disk.iterdir()) == ["small.tmp"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_place_links_new_names_and_renames_over_old(impl: Any, tmp_path: Path) -> None:
+    _, place = impl
+    tmp, dst = tmp_path / "tmp", tmp_path / "dst"
+    tmp.mkdir()
+    dst.mkdir()
+    for name in ("new.tmp", "over.tmp", "plain.tmp"):
+        (tmp / name).write_bytes(name.encode())
+    (dst / "over.py").write_bytes(b"old")
+    old_inode = os.stat(dst / "over.py").st_ino
+    src_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+    dst_fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        inode = os.stat(tmp / "new.tmp").st_ino
+        out = place([(src_fd, "new.tmp", dst_fd, "new.py", True),
+                     (src_fd, "over.tmp", dst_fd, "over.py", True),  # link fails: rename
+                     (src_fd, "plain.tmp", dst_fd, "plain.py", False),
+                     (src_fd, "gone.tmp", dst_fd, "gone.py", True)])
+    finally:
+        os.close(src_fd)
+        os.close(dst_fd)
+    assert out == [0, 0, 0, errno.ENOENT]
+    assert os.stat(dst / "new.py").st_ino == inode  # the staged inode, linked in
+    assert (dst / "over.py").read_bytes() == b"over.tmp"
+    assert os.stat(dst / "over.py").st_ino != old_inode
+    assert (dst / "plain.py").read_bytes() == b"plain.tmp"
+    assert list(tmp.iterdir()) == []  # no temp name left behind
+    assert sorted(p.name for p in dst.iterdir()) == ["new.py", "over.py", "plain.py"]
+
+
+def test_the_configured_implementation_is_used() -> None:
+    """DAGSYNC_NO_FASTIO=1 selects the Python loops; otherwise the C helper when built."""
+    code = "from dagsync import bulkio; print(bulkio.FAST, bulkio.stage_files.__module__)"
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={**env, "DAGSYNC_NO_FASTIO": "1"})
+    assert plain.stdout.split() == ["False", "dagsync.bulkio"]
+    if _fastio is not None:
+        env.pop("DAGSYNC_NO_FASTIO", None)
+        fast = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, env=env)
+        assert fast.stdout.split() == ["True", "dagsync._fastio"]
