@@ -8,6 +8,8 @@ Interleaved in one invocation, on the corpus and nodes of bench/run.py (a):
   agent     dagsync agent -> a new, empty agent B (what (a) measures);
   agent-py  the same with B's file writes in Python loops (DAGSYNC_NO_FASTIO=1), for
             the before/after of the C helper dagsync/_fastio.c;
+  base      with --base REV: the agent sync with B running dagsync as committed at REV
+            (A stays the measured snapshot), for before/after figures in one invocation;
   no-apply  the same, but B's apply step is replaced by one that discards each chunk
             and notes when its content was in hand (a sitecustomize on B's PYTHONPATH
             only; dagsync itself has no such switch). Its time is B's start-up, the
@@ -54,7 +56,24 @@ if _out:
         return False, 0.0
 
     _ra.RemoteApply._apply_timed = _discard
+    _pipelined = _ra.RemoteApply._apply_pipelined
+
+    async def _one_by_one(self, planned, fetch, outcome, **_):
+        # chunk by chunk through _apply_timed (bulk rounds would overlap two of them)
+        await _pipelined(self, planned, fetch, outcome)
+
+    _ra.RemoteApply._apply_pipelined = _one_by_one
 '''
+
+
+def base_snapshot(rev: str, dst: Path) -> Path:
+    """dagsync as committed at `rev`, with its C helper built (as bench/run.py's)."""
+    measured = R.SNAPSHOT_INFO.copy()
+    out = R.snapshot_source(dst, "head", rev)
+    print(f"base snapshot: {R.SNAPSHOT_INFO}", flush=True)
+    R.SNAPSHOT_INFO.clear()
+    R.SNAPSHOT_INFO.update(measured)
+    return out
 
 
 def wait_chunks(path: Path, want: int, t0: float, b: R.Node, timeout: float = 300) -> float:
@@ -80,6 +99,8 @@ def main() -> int:
     ap.add_argument("--modes", default="agent,agent-py,no-apply",
                     help="dagsync variants to time beside rsync, in this order per run")
     ap.add_argument("--source", choices=("head", "worktree"), default="head")
+    ap.add_argument("--base", default=None, metavar="REV",
+                    help="also time B running dagsync at this git revision (mode 'base')")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
     args = ap.parse_args()
     work = args.workdir.resolve()
@@ -88,6 +109,8 @@ def main() -> int:
         R.mount_fresh_fs(work, args.fresh_fs)
     R.load_dagsync(R.snapshot_source(work / "src-floor", args.source))
     print(f"dagsync snapshot: {R.SNAPSHOT_INFO}", flush=True)
+    base_src = base_snapshot(args.base, work / "src-base") if args.base else None
+    modes = args.modes.split(",") + (["base"] if base_src and "base" not in args.modes else [])
     R.PROCS.pidfile = work / "pids-floor"
     atexit.register(R.PROCS.stop_all)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -106,7 +129,6 @@ def main() -> int:
     a.start()
     a.wait_ready()
     rsync_dst = base / "rsync-target"
-    modes = args.modes.split(",")
     times: dict[str, list[float]] = {m: [] for m in ["rsync", *modes]}
     try:
         for i in range(args.runs):
@@ -126,7 +148,13 @@ def main() -> int:
                          "agent-py": {"DAGSYNC_NO_FASTIO": "1"}}.get(mode)
                 os.sync()
                 t0 = time.monotonic()
-                b.start()
+                measured_src = R.DAGSYNC_SRC
+                if mode == "base":
+                    R.DAGSYNC_SRC = base_src
+                try:
+                    b.start()
+                finally:
+                    R.DAGSYNC_SRC = measured_src
                 if mode != "no-apply":
                     t, _ = R.wait_converged([b], ref, t0, timeout=900, what="agent run",
                                             procs=[a, b])

@@ -92,10 +92,11 @@ def _fn(frame: str) -> str:
 # py-spy names frames by qualified name: FolderEngine's methods live in its mixins
 # (LocalChanges in local_changes.py, RemoteApply in remote_apply.py), PeerConnection's
 # in its own (PeerServing in peer_serving.py, PeerFetching in peer_fetching.py).
-FOCUS = ("LocalChanges._vanished", "RemoteApply._apply_locked", "LocalChanges._register ",
+FOCUS = ("LocalChanges._vanished", "RemoteApply._apply_locked", "RemoteApply._stage_chunk",
+         "RemoteApply._commit_chunk", "LocalChanges._register ",
          "LocalChanges._scan_and_register", "scan_paths (dagsync", "scan_folder (dagsync",
          "_hash_fd", "settle_racy", "being_written", "RemoteApply._commit", "commit (dagsync/fsio",
-         "_syncfs", "_fsync_dir_at", "stage_file", "Index.put", "Index.since",
+         "_syncfs", "_fsync_dir_at", "stage_file", "stage_files", "Index.put", "Index.since",
          "set_peer_progress", "PeerServing._serve", "read_range", "PeerFetching.fetch ",
          "PeerConnection._puller", "PeerConnection._sender", "RemoteApply.apply_batch",
          "Session.receive_data", "encode (dagsync/protocol", "from_wire", "to_wire",

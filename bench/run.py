@@ -122,15 +122,15 @@ GOAL_RSS_BYTES = 60 * 1000 * 1000  # 60 MB (decimal, the stricter reading)
 SNAPSHOT_INFO: dict[str, str] = {}
 
 
-def snapshot_source(dst: Path, source: str = "head") -> Path:
+def snapshot_source(dst: Path, source: str = "head", rev: str = "HEAD") -> Path:
     """Put the dagsync/ package to measure in dst/dagsync; return dst. `head`: as committed
-    at HEAD (`git archive`), so uncommitted work in progress by others is not measured;
+    at `rev` (`git archive`), so uncommitted work in progress by others is not measured;
     `worktree`: the files as they are in the checkout now."""
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
     if source == "head":
-        sha = run_cmd(["git", "-C", os.fspath(REPO), "rev-parse", "HEAD"]).stdout.strip()
+        sha = run_cmd(["git", "-C", os.fspath(REPO), "rev-parse", rev]).stdout.strip()
         data = subprocess.run(["git", "-C", os.fspath(REPO), "archive", "--format=tar", sha,
                                "dagsync", "setup.py"], capture_output=True, check=True).stdout
         with tarfile.open(fileobj=io.BytesIO(data)) as tf:

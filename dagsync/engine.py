@@ -11,6 +11,7 @@ holds the node's shared clock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -23,6 +24,7 @@ from dagsync import fsio
 from dagsync.clock import HybridClock, hlc_ms
 from dagsync.fetching import BATCH_BYTES, BATCH_FILES, FETCH_CONCURRENCY, SMALL_FILE, Fetch
 from dagsync.folder_state import (
+    INTENT_SLOTS,
     BatchOutcome,
     FolderState,
     Planned,
@@ -123,15 +125,18 @@ class FolderEngine(RemoteApply, LocalChanges):
 
     def _replay_intent(self) -> None:
         """After a crash mid-apply: record each intended version that is on disk as it
-        was meant to be (content hash checked), so it is not mistaken for a local edit."""
-        raw = self.index.get_meta(f"intent:{self.id}")
-        if not raw:
+        was meant to be (content hash checked), so it is not mistaken for a local edit.
+        Each chunk in flight had its own note (INTENT_SLOTS), for different paths."""
+        notes = [(slot, self.index.get_meta(self._intent_key(slot)))
+                 for slot in range(INTENT_SLOTS)]
+        if not any(raw for _, raw in notes):
             return
         landed: list[tuple[FileVersion, LocalStat | None]] = []
-        try:
-            intended = [FileVersion.from_wire(w) for w in json.loads(raw)]
-        except ValueError:
-            intended = []  # a torn note: the scan treats what landed as local changes
+        intended: list[FileVersion] = []
+        for _, raw in notes:
+            # a torn note is skipped: the scan treats what landed as local changes
+            with contextlib.suppress(ValueError):
+                intended += [FileVersion.from_wire(w) for w in json.loads(raw or "[]")]
         for v in intended:
             if v.deleted:
                 if lstat_key(self.root, v.path) is None:
@@ -150,7 +155,9 @@ class FolderEngine(RemoteApply, LocalChanges):
                 self._remember(rec)
             log.info("folder %s: %d change(s) applied just before a crash recorded", self.id,
                      len(landed))
-        self._set_intent([])
+        for slot, raw in notes:
+            if raw:
+                self._set_intent([], slot)
 
     # --- serving peers ---------------------------------------------------------------
 

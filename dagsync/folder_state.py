@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from dagsync.ignore import IgnoreMatcher
 from dagsync.index import Index, LocalStat, Record
 from dagsync.model import Action, FileVersion
 from dagsync.recstore import RecordStore
+
+INTENT_SLOTS = 2  # chunks of one apply round in flight at once (remote_apply)
 
 log = logging.getLogger("dagsync.engine")  # one logger for the whole folder engine
 
@@ -94,8 +97,12 @@ class FolderState:
         self.last_scan_duration = 0.0
         self.reverts: set[str] = set()  # receive-only paths awaiting the cluster's version
         # Paths (and their directories) an apply round is writing right now, and watcher
-        # reports about them held back until the round has recorded what it wrote.
+        # reports about them held back until the round has recorded what it wrote. In a
+        # bulk round two chunks are in flight (one staged while the other commits): each
+        # has its part, by intent slot, and `applying` is their union.
         self.applying: set[str] = set()
+        self._applying_parts: dict[int, set[str]] = {}
+        self._applying_lock = threading.Lock()
         self.recheck: set[str] = set()
         # Conflicts already archived by this process, so a retried apply (the write
         # failed: full disk, permission denied) does not archive the same loser again.
@@ -149,10 +156,25 @@ class FolderState:
             self._dirs.update(parents_of(path))
         self.records[path] = rec
 
-    def _set_intent(self, versions: list[FileVersion]) -> None:
+    def _mark_applying(self, slot: int, paths: set[str] | None) -> None:
+        """Set (or with None, clear) the paths the chunk in `slot` is writing."""
+        with self._applying_lock:
+            if paths is None:
+                self._applying_parts.pop(slot, None)
+            else:
+                self._applying_parts[slot] = paths
+            parts = list(self._applying_parts.values())
+            self.applying = parts[0] if len(parts) == 1 else set().union(*parts)
+
+    def _intent_key(self, slot: int) -> str:
+        return f"intent:{self.id}" if slot == 0 else f"intent:{self.id}:{slot}"
+
+    def _set_intent(self, versions: list[FileVersion], slot: int = 0) -> None:
         """The write-ahead note of the versions an apply is about to put in place
-        (remote_apply writes it, engine.FolderEngine.open replays it after a crash)."""
-        key = f"intent:{self.id}"
+        (remote_apply writes it, engine.FolderEngine.open replays it after a crash).
+        One note per chunk in flight (INTENT_SLOTS): a bulk round stages the next chunk
+        while the last one commits, and neither may overwrite the other's note."""
+        key = self._intent_key(slot)
         if versions or self.index.get_meta(key):
             vectors: dict[VersionVector, str] = {}
             self.index.set_meta(key, "[" + ",".join(v.wire_json(vectors) for v in versions)

@@ -10,11 +10,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from dagsync import fsio
 from dagsync.errors import PathRefused
 from dagsync.fetching import Fetch, fetch_all
-from dagsync.folder_state import BatchOutcome, Planned, content_hash, stat_of, with_parents
+from dagsync.folder_state import (
+    INTENT_SLOTS,
+    BatchOutcome,
+    Planned,
+    content_hash,
+    stat_of,
+    with_parents,
+)
 from dagsync.index import LocalStat
 from dagsync.local_changes import LocalChanges
 from dagsync.model import Action, ActionKind, FileVersion, FolderMode, Kind
@@ -110,7 +118,8 @@ class RemoteApply(LocalChanges):
         if bulk is not None:
             await bulk(True)
         try:
-            await self._apply_pipelined(planned, fetch, outcome)
+            await self._apply_pipelined(planned, fetch, outcome,
+                                        overlap=len(planned) >= BULK_ROUND)
         finally:
             if bulk is not None:
                 await bulk(False)
@@ -118,10 +127,15 @@ class RemoteApply(LocalChanges):
         return outcome
 
     async def _apply_pipelined(
-        self, planned: list[Planned], fetch: Fetch, outcome: BatchOutcome
+        self, planned: list[Planned], fetch: Fetch, outcome: BatchOutcome, *,
+        overlap: bool = False,
     ) -> None:
-        """Chunk by chunk: the next chunk's content is fetched while this one is written."""
+        """Chunk by chunk: the next chunk's content is fetched while this one is written.
+        With `overlap` (bulk rounds), see _apply_overlapped."""
         chunks = _chunks(planned)
+        if overlap and len(chunks) > 1:
+            await self._apply_overlapped(chunks, fetch, outcome)
+            return
         loop = asyncio.get_running_loop()
         fetching = loop.create_task(fetch_all(self.id, chunks[0], fetch, outcome))
         try:
@@ -146,6 +160,84 @@ class RemoteApply(LocalChanges):
         finally:
             fetching.cancel()
 
+    async def _apply_overlapped(
+        self, chunks: list[list[Planned]], fetch: Fetch, outcome: BatchOutcome
+    ) -> None:
+        """A bulk round: chunk N+1 is decided and staged while chunk N is committed in
+        another thread (syncfs, link into place, syncfs, record: mostly waiting for the
+        disk), and chunk N+2's content is fetched meanwhile. Each chunk in flight has its
+        own write-ahead note (intent slot). Two chunks overlap only when they share no
+        path and the first deletes nothing (a delete may remove a directory the next
+        chunk is writing into); otherwise the first is committed before the next is
+        staged. The folder lock is held for the whole round: its watcher is paused then
+        anyway, and the commit thread must never run without it."""
+        loop = asyncio.get_running_loop()
+        fetching = loop.create_task(fetch_all(self.id, chunks[0], fetch, outcome))
+        staging: asyncio.Future[_Chunk] | None = None
+        committing: asyncio.Future[bool] | None = None
+        pending: _Chunk | None = None  # staged, not handed to a commit yet
+        last: _Chunk | None = None  # the chunk `committing` commits
+        async with self.lock:
+            try:
+                for i, chunk in enumerate(chunks):
+                    waited = time.perf_counter()
+                    contents = await fetching
+                    if i + 1 < len(chunks):
+                        fetching = loop.create_task(
+                            fetch_all(self.id, chunks[i + 1], fetch, outcome))
+                    waited = time.perf_counter() - waited
+                    if committing is not None and last is not None and (
+                            last.has_deletes
+                            or not last.paths.isdisjoint(p.remote.path for p in chunk)):
+                        done, committing = committing, None
+                        await self._committed(done, last, len(chunks))
+                    staging = loop.run_in_executor(None, self._stage_chunk, chunk, contents,
+                                                   outcome, i % INTENT_SLOTS)
+                    pending, staging = await staging, None
+                    pending.number, pending.waited = i + 1, waited
+                    if committing is not None and last is not None:
+                        done, committing = committing, None
+                        await self._committed(done, last, len(chunks))
+                    last, pending = pending, None
+                    committing = loop.run_in_executor(None, self._commit_chunk, last, outcome)
+                if committing is not None and last is not None:
+                    done, committing = committing, None
+                    await self._committed(done, last, len(chunks))
+            finally:
+                fetching.cancel()
+                await self._settle(staging, committing, pending)
+        if self.recheck:  # what the watcher saw meanwhile, now against the records
+            held, self.recheck = list(self.recheck), set()
+            await self.scan_some(held)
+
+    async def _settle(self, staging: asyncio.Future[_Chunk] | None,
+                      committing: asyncio.Future[bool] | None, pending: _Chunk | None) -> None:
+        """After a failed or cancelled overlapped round: let the worker threads finish
+        (they cannot be stopped, and must not run on without the lock), then drop the
+        chunk that was staged but will not be committed: its temp files, its directory
+        fds and its paths in `applying` (its note stays: it names nothing that landed)."""
+        running = {f for f in (staging, committing) if f is not None}
+        if running:
+            await asyncio.wait(running)
+        if staging is not None and not staging.cancelled() and staging.exception() is None:
+            pending = staging.result()
+        if committing is not None and not committing.cancelled():
+            committing.exception()  # retrieved; the round's own error is the one raised
+        if pending is not None:
+            pending.dirs.close()
+            fsio.abort([st for st, _ in pending.staged])
+            self._mark_applying(pending.slot, None)
+
+    async def _committed(self, committing: asyncio.Future[bool], chunk: _Chunk,
+                         chunks: int) -> None:
+        """Wait for a chunk's commit; log its timings and wake the senders."""
+        changed = await committing
+        log.debug("folder %s: chunk %d/%d of %d file(s): waited %.3f s for content, "
+                  "applied in %.3f s (%.3f s of it on the CPU)", self.id, chunk.number,
+                  chunks, len(chunk.decided), chunk.waited, chunk.seconds, chunk.cpu)
+        if changed:
+            await self._notify()
+
     def _apply_timed(
         self, planned: list[Planned], contents: dict[str, bytes], outcome: BatchOutcome
     ) -> tuple[bool, float]:
@@ -160,6 +252,16 @@ class RemoteApply(LocalChanges):
     ) -> bool:
         """Runs in a worker thread under the folder lock. True when the index changed
         (something applied, or a local change registered): the senders must be woken."""
+        return self._commit_chunk(self._stage_chunk(planned, contents, outcome, 0), outcome)
+
+    def _stage_chunk(
+        self, planned: list[Planned], contents: dict[str, bytes], outcome: BatchOutcome,
+        slot: int,
+    ) -> _Chunk:
+        """First half of applying a chunk, in a worker thread under the folder lock:
+        decide, note the intent, write new content to temp files (and do the moves,
+        symlinks and metadata-only changes). _commit_chunk makes it visible."""
+        started, cpu = time.perf_counter(), time.thread_time()
         # A file edited locally since we recorded it is a local change: register it
         # first, so deciding against it archives it instead of overwriting it unseen.
         # Paths with no record and nothing on disk need no look (an empty peer's case).
@@ -172,8 +274,6 @@ class RemoteApply(LocalChanges):
         registered = self._register(
             scan_paths(self.root, present, self, self.ignore, self.max_file_size), present
         ) if present else 0
-        staged: list[tuple[fsio.StagedWrite, FileVersion]] = []
-        done: list[tuple[FileVersion, LocalStat | None]] = []
         decided: list[tuple[Planned, FileVersion | None, Action]] = []
         for p in planned:
             local = self.version(p.remote.path)
@@ -189,23 +289,41 @@ class RemoteApply(LocalChanges):
         # Write-ahead intent: if the agent dies between changing the folder and recording
         # it, the restart adopts what landed instead of taking it for local edits.
         self._set_intent([a.result for _, _, a in decided
-                          if a.result is not None and a.kind is not ActionKind.KEEP])
+                          if a.result is not None and a.kind is not ActionKind.KEEP], slot)
+        paths = [p.remote.path for p, _, _ in decided]
+        self._mark_applying(slot, with_parents(paths))
+        chunk = _Chunk(slot, decided, movable, fsio.Dirs(self.root), registered, set(paths))
         creates = [d for d in decided if d[2].kind is not ActionKind.DELETE]
-        self.applying = with_parents([p.remote.path for p, _, _ in decided])
         try:
-            with fsio.Dirs(self.root) as dirs:  # closed before a delete removes a directory
-                self._apply_decided(creates, contents, staged, done, outcome, movable, dirs)
-                self._commit(staged, done, outcome, dirs)
+            self._apply_decided(creates, contents, chunk.staged, chunk.done, outcome, movable,
+                                chunk.dirs)
+        except BaseException:
+            chunk.dirs.close()
+            self._mark_applying(slot, None)
+            raise
+        chunk.seconds += time.perf_counter() - started
+        chunk.cpu += time.thread_time() - cpu
+        return chunk
+
+    def _commit_chunk(self, chunk: _Chunk, outcome: BatchOutcome) -> bool:
+        """Second half, in a worker thread under the folder lock: put the staged files in
+        place durably and record them, then the deletes. True when the index changed."""
+        started, cpu = time.perf_counter(), time.thread_time()
+        try:
+            with chunk.dirs:  # closed before a delete removes a directory
+                self._commit(chunk.staged, chunk.done, outcome, chunk.dirs)
             gone: list[tuple[FileVersion, LocalStat | None]] = []
-            deletes = [d for d in decided if d[2].kind is ActionKind.DELETE]
-            self._apply_decided(deletes, contents, [], gone, outcome, movable)
+            deletes = [d for d in chunk.decided if d[2].kind is ActionKind.DELETE]
+            self._apply_decided(deletes, {}, [], gone, outcome, chunk.movable)
             self._commit([], gone, outcome)
         finally:
-            self.applying = set()
-        self._set_intent([])
-        done += gone
+            self._mark_applying(chunk.slot, None)
+        self._set_intent([], chunk.slot)
+        done = chunk.done + gone
+        chunk.seconds += time.perf_counter() - started
+        chunk.cpu += time.thread_time() - cpu
         if not done:
-            return registered > 0  # a local edit found just now is news too
+            return chunk.registered > 0  # a local edit found just now is news too
         self._log_applied([v for v, _ in done])
         return True
 
@@ -431,6 +549,28 @@ class RemoteApply(LocalChanges):
         if done:
             for v, _ in done:
                 log.info("folder %s: restored the cluster's version of %s", self.id, v.path)
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """A chunk of an apply round between _stage_chunk and _commit_chunk."""
+
+    slot: int  # its write-ahead note and `applying` part (INTENT_SLOTS)
+    decided: list[tuple[Planned, FileVersion | None, Action]]
+    movable: dict[str, list[str]]
+    dirs: fsio.Dirs  # the directories its files were staged for; closed by the commit
+    registered: int  # local edits found and registered before deciding
+    paths: set[str]
+    staged: list[tuple[fsio.StagedWrite, FileVersion]] = field(default_factory=list)
+    done: list[tuple[FileVersion, LocalStat | None]] = field(default_factory=list)
+    number: int = 0  # for the debug log: its place in the round, how long it waited
+    waited: float = 0.0  # for its content, and what both halves took (wall, CPU)
+    seconds: float = 0.0
+    cpu: float = 0.0
+
+    @property
+    def has_deletes(self) -> bool:
+        return any(a.kind is ActionKind.DELETE for _, _, a in self.decided)
 
 
 class ContentMissing(Exception):

@@ -1,0 +1,248 @@
+"""Bulk rounds stage chunk N+1 while chunk N commits (remote_apply._apply_overlapped):
+every file lands whole with its metadata, the write-ahead notes end empty, a chunk that
+deletes is committed before the next one writes, and a crash mid-round is adopted on
+restart, never taken for local edits. Real engines on real files; the crash test kills a
+real agent."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dagsync import engine, remote_apply
+from dagsync.archive import ConflictArchive
+from dagsync.clock import VersionVector
+from dagsync.config import FolderConfig
+from dagsync.index import Index
+from dagsync.model import FileVersion, FolderMode, Kind
+from dagsync.paths import is_temp_name
+from tests.cluster import wait_converged, write
+
+
+class MemoryFetch:
+    """A peer holding every file's content in memory."""
+
+    def __init__(self, data: dict[str, bytes]) -> None:
+        self.data = data
+
+    async def fetch(self, v: FileVersion) -> bytes:
+        return self.data[v.path]
+
+    async def fetch_many(self, vs: list[FileVersion]) -> list[bytes | BaseException]:
+        return [self.data[v.path] for v in vs]
+
+
+def make_folder(base: Path, node: str) -> engine.FolderEngine:
+    (base / "dags").mkdir(parents=True, exist_ok=True)
+    (base / "state").mkdir(parents=True, exist_ok=True)
+    (base / "state" / "tmp").mkdir(exist_ok=True)
+    return engine.FolderEngine(
+        FolderConfig("dags", base / "dags", FolderMode.SEND_RECEIVE, ()), node,
+        Index(base / "state" / "index.db"), ConflictArchive(base / "state"),
+        engine.SharedClock(0), 1 << 20, temp_dir=base / "state" / "tmp")
+
+
+async def scanned(folder: engine.FolderEngine) -> list[FileVersion]:
+    await folder.open()
+    await folder.scan()
+    return [folder.records[p].version for p in sorted(folder.records)]
+
+
+def on_disk(root: Path) -> dict[str, tuple[bytes, int, int]]:
+    return {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mode & 0o7777,
+                                             p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}
+
+
+def intent_notes(folder: engine.FolderEngine) -> list[str | None]:
+    return [folder.index.get_meta(folder._intent_key(s)) for s in range(2)]
+
+
+async def test_bulk_round_lands_every_chunk_and_clears_its_notes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = make_folder(tmp_path / "a", "a")
+    rng = random.Random(3)
+    for i in range(1300):  # chunks of 64, 512, 512, 212
+        write(a.root / f"team_{i % 30}/dag_{i}.py", rng.randbytes(rng.randint(0, 3000)),
+              mode=0o755 if i % 7 == 0 else 0o644)
+    versions = await scanned(a)
+    data = {v.path: (a.root / v.path).read_bytes() for v in versions}
+
+    # Which halves ran at the same time: the overlap is the point of the bulk path.
+    spans: dict[str, list[tuple[float, float]]] = {"stage": [], "commit": []}
+    lock = threading.Lock()
+
+    def timed(name: str, original: Any) -> Any:
+        def run(self: Any, *args: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return original(self, *args)
+            finally:
+                with lock:
+                    spans[name].append((t0, time.perf_counter()))
+        return run
+
+    for name in ("stage", "commit"):
+        method = f"_{name}_chunk"
+        monkeypatch.setattr(remote_apply.RemoteApply, method,
+                            timed(name, getattr(remote_apply.RemoteApply, method)))
+    b = make_folder(tmp_path / "b", "b")
+    await b.open()
+    outcome = await b.apply_batch(versions, MemoryFetch(data))
+
+    assert outcome.failed == [] and outcome.refused == []
+    assert len(outcome.applied) == 1300
+    assert on_disk(b.root) == on_disk(a.root)
+    assert {p: r.version for p, r in b.records.items()} == {v.path: v for v in versions}
+    assert all(b.records[v.path].stat is not None for v in versions)
+    assert intent_notes(b) in (["[]", "[]"], ["[]", None])
+    assert b.applying == set()
+    assert list((tmp_path / "b" / "state" / "tmp").iterdir()) == []
+    assert len(spans["stage"]) == len(spans["commit"]) == 4
+    overlapped = [s for s in spans["stage"] for c in spans["commit"]
+                  if s[0] < c[1] and c[0] < s[1]]
+    assert overlapped, "no chunk was staged while another committed"
+    a.index.close()
+    b.index.close()
+
+
+async def test_a_chunk_that_deletes_is_committed_before_the_next_writes(
+    tmp_path: Path,
+) -> None:
+    """Deleting the last files of a directory removes it; a next chunk staged meanwhile
+    would place its files into the removed directory. The round must still land all."""
+    a = make_folder(tmp_path / "a", "a")
+    for i in range(64):
+        write(a.root / f"x/old_{i}.py", f"old = {i}\n")
+    first = await scanned(a)
+    b = make_folder(tmp_path / "b", "b")
+    await b.open()
+    data = {v.path: (a.root / v.path).read_bytes() for v in first}
+    assert (await b.apply_batch(first, MemoryFetch(data))).failed == []
+
+    for i in range(64):
+        (a.root / f"x/old_{i}.py").unlink()
+    (a.root / "x").rmdir()
+    for i in range(600):
+        write(a.root / f"x/new_{i}.py", f"new = {i}\n")
+    await a.scan()
+    tombstones = [a.records[f"x/old_{i}.py"].version for i in range(64)]
+    assert all(v.deleted for v in tombstones)
+    creates = [a.records[f"x/new_{i}.py"].version for i in range(600)]
+    data = {v.path: (a.root / v.path).read_bytes() for v in creates}
+    # the first chunk (64) holds every delete, the next ones write into the same dir
+    outcome = await b.apply_batch(tombstones + creates, MemoryFetch(data))
+    assert outcome.failed == []
+    assert on_disk(b.root) == on_disk(a.root)
+    assert sorted(p.name for p in (b.root / "x").iterdir()) == sorted(
+        f"new_{i}.py" for i in range(600))
+    a.index.close()
+    b.index.close()
+
+
+async def test_both_chunks_notes_are_adopted_after_a_crash(tmp_path: Path) -> None:
+    """Killed with two chunks in flight: each had its own note; both are replayed."""
+    b = make_folder(tmp_path / "b", "b")
+    versions = []
+    for slot, name in enumerate(("committing.py", "staged.py")):
+        data = f"dag = {name!r}\n".encode()
+        v = FileVersion(name, Kind.FILE, len(data), 1_700_000_000_000_000_000, 0o644,
+                        engine.content_hash(data), False, VersionVector.of({"a": slot + 1}),
+                        (1 << 40) + slot, "a")
+        b.index.set_meta(b._intent_key(slot), json.dumps([v.to_wire()]))
+        (b.root / name).write_bytes(data)
+        versions.append(v)
+    await b.open()
+    assert [b.version(v.path) for v in versions] == versions
+    assert (await b.scan()).new_versions == 0  # not local edits
+    assert intent_notes(b) == ["[]", "[]"]
+    b.index.close()
+
+
+async def test_a_round_failing_mid_commit_leaves_notes_for_what_landed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Recording chunk 3 fails after its files were put in place (the index's disk
+    full, say, or the process dying there) while chunk 4 was being staged: a restart
+    adopts chunk 3's files as the cluster's versions from the notes, the staged chunk
+    leaves no temp file and no path held in `applying`."""
+    a = make_folder(tmp_path / "a", "a")
+    for i in range(1300):
+        write(a.root / f"team_{i % 30}/dag_{i}.py", f"dag = {i}\n")
+    versions = await scanned(a)
+    data = {v.path: (a.root / v.path).read_bytes() for v in versions}
+    b = make_folder(tmp_path / "b", "b")
+    await b.open()
+    put, calls = b.index.put, []
+
+    def failing_put(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return put(*args, **kw)
+
+    monkeypatch.setattr(b.index, "put", failing_put)
+    with pytest.raises(OSError):
+        await b.apply_batch(versions, MemoryFetch(data))
+    assert b.applying == set()
+    assert list((tmp_path / "b" / "state" / "tmp").iterdir()) == []
+    landed = on_disk(b.root)
+    assert 64 + 512 < len(landed) < 1300  # chunk 3 in place, chunk 4 not
+    b.index.close()
+
+    restarted = make_folder(tmp_path / "b", "b")
+    await restarted.open()
+    assert {p: restarted.version(p) for p in landed} == {
+        v.path: v for v in versions if v.path in landed}
+    assert (await restarted.scan()).new_versions == 0  # nothing taken for a local edit
+    a.index.close()
+    restarted.index.close()
+
+
+def _records(node: Any) -> dict[str, str]:
+    """path -> origin of every live record in a stopped node's index."""
+    db = sqlite3.connect(f"file:{node.state / 'index.db'}?mode=ro", uri=True)
+    try:
+        return dict(db.execute("SELECT path, origin FROM files WHERE folder='dags'"))
+    finally:
+        db.close()
+
+
+@pytest.mark.soak
+def test_kill9_during_a_bulk_round_leaves_no_torn_file_and_no_false_local_edit(
+    cluster: Any,
+) -> None:
+    nodes = cluster("a", "b")
+    a, b = nodes["a"], nodes["b"]
+    rng = random.Random(11)
+    for i in range(2500):
+        write(a.dags / f"team_{i % 40}/dag_{i}.py", rng.randbytes(rng.randint(500, 6000)))
+    source = {p.relative_to(a.dags).as_posix(): p.read_bytes()
+              for p in a.dags.rglob("*") if p.is_file()}
+    a.start()
+    for _cycle in range(4):
+        b.start()
+        time.sleep(rng.uniform(0.3, 1.2))
+        b.kill()
+        for p in b.dags.rglob("*"):
+            if p.is_file() and not is_temp_name(p.name):
+                rel = p.relative_to(b.dags).as_posix()
+                assert p.read_bytes() == source[rel], f"torn or foreign file {rel}"
+    b.start()
+    wait_converged([a, b], 120)
+    a.stop()
+    b.stop()
+    assert [p for p in b.dags.rglob("*") if is_temp_name(p.name)] == []
+    # every version still the one a made: nothing b wrote was taken for b's own edit
+    for node in (a, b):
+        origins = _records(node)
+        assert len(origins) == 2500
+        assert set(origins.values()) == {"a"}, node.name
