@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import importlib.util
 import os
 import signal
 import statistics
@@ -34,12 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("benchrun", HERE / "run.py")
-assert _spec and _spec.loader
-R = importlib.util.module_from_spec(_spec)
-sys.modules["benchrun"] = R
-_spec.loader.exec_module(R)
+sys.path.insert(0, os.fspath(Path(__file__).resolve().parent))
+import run as R  # bench/run.py: corpus, nodes, sshd, process tracking
 
 # Loaded by B's interpreter at start-up (site imports `sitecustomize` from sys.path).
 DISCARD_APPLY = '''

@@ -1,36 +1,101 @@
 /* dagsync._fastio: the receiver's per-file syscalls for a whole chunk in one call, with
  * the GIL released for the loop.
  *
- * Why: an initial sync writes thousands of small files. In Python each file costs six
- * syscalls, and every one of them gives the GIL away and must win it back from the
- * event loop, which is busy decoding the next chunk (docs/initial-sync.md). Here a chunk
- * of 512 files takes the GIL once. The semantics are those of dagsync/fsio.py's Python
- * loops (_stage_batch_py, _place_batch_py), which stay as the fallback and the reference
- * the tests compare this module against.
+ * Why: an initial sync writes thousands of small files. In Python each file costs about
+ * seven syscalls, and every one of them gives the GIL away and must win it back from
+ * the event loop, which is busy decoding the next chunk (docs/initial-sync.md). Here a
+ * chunk of 512 files takes the GIL once. The semantics are those of the Python loops in
+ * dagsync/bulkio.py (stage_files_py, place_files_py), which stay as the fallback and the
+ * reference tests/test_bulkio.py holds this module to.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* --- one batch: parse every item with the GIL, run them all without it, report ------ */
+
+typedef struct {
+    size_t size;                              /* of one item */
+    int (*parse)(PyObject *tuple, void *item); /* 0, or -1 with an exception set */
+    void (*run)(void *item);                  /* the syscalls: no Python here */
+    PyObject *(*result)(void *item);          /* a new reference, or NULL */
+    void (*release)(void *item);              /* what parse took (also after a failed parse) */
+} batch_ops;
+
+static PyObject *run_batch(PyObject *args, const char *format, const batch_ops *ops) {
+    PyObject *items_in;
+    if (!PyArg_ParseTuple(args, format, &items_in)) return NULL;
+    PyObject *seq = PySequence_Fast(items_in, "items must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), i, parsed = 0;
+    char *items = PyMem_Calloc(n ? (size_t)n : 1, ops->size);
+    PyObject *result = NULL;
+    if (!items) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    while (parsed < n) {
+        void *item = items + parsed * ops->size;
+        parsed++; /* released below even if its parse fails half-way */
+        if (ops->parse(PySequence_Fast_GET_ITEM(seq, parsed - 1), item) < 0) goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (i = 0; i < n; i++) ops->run(items + i * ops->size);
+    Py_END_ALLOW_THREADS
+    result = PyList_New(n);
+    for (i = 0; result && i < n; i++) {
+        PyObject *r = ops->result(items + i * ops->size);
+        if (!r) Py_CLEAR(result);
+        else PyList_SET_ITEM(result, i, r);
+    }
+done:
+    if (items) {
+        for (i = 0; i < parsed; i++) ops->release(items + i * ops->size);
+        PyMem_Free(items);
+    }
+    Py_DECREF(seq);
+    return result;
+}
+
+static int flag(PyObject *obj, int *out) {
+    *out = PyObject_IsTrue(obj);
+    return *out < 0 ? -1 : 0;
+}
+
+/* --- stage_files ---------------------------------------------------------------------- */
+
 typedef struct {
     int dir_fd;
-    PyObject *name;  /* bytes, file-system encoded */
+    PyObject *name; /* bytes, file-system encoded */
     Py_buffer data;
     int has_data;
     mode_t perm;
     int chmod;
     long long mtime_ns;
-    /* results */
-    int err;
+    int err; /* results */
     long long st_mtime_ns;
     unsigned long long st_ino;
 } stage_item;
+
+static int stage_parse(PyObject *tuple, void *p) {
+    stage_item *it = p;
+    PyObject *name, *data, *chmod, *mtime;
+    long perm;
+    if (!PyArg_ParseTuple(tuple, "iOOlOO:stage item", &it->dir_fd, &name, &data, &perm,
+                          &chmod, &mtime))
+        return -1;
+    if (!PyUnicode_FSConverter(name, &it->name)) return -1;
+    if (PyObject_GetBuffer(data, &it->data, PyBUF_SIMPLE) != 0) return -1;
+    it->has_data = 1;
+    it->perm = (mode_t)(perm & 07777);
+    if (flag(chmod, &it->chmod) < 0) return -1;
+    it->mtime_ns = PyLong_AsLongLong(mtime);
+    return it->mtime_ns == -1 && PyErr_Occurred() ? -1 : 0;
+}
 
 static int write_all(int fd, const char *p, Py_ssize_t n) {
     while (n > 0) {
@@ -45,10 +110,10 @@ static int write_all(int fd, const char *p, Py_ssize_t n) {
     return 0;
 }
 
-static void stage_one(stage_item *it) {
-    int dir_fd = it->dir_fd;
+static void stage_run(void *p) {
+    stage_item *it = p;
     const char *name = PyBytes_AS_STRING(it->name);
-    int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+    int fd = openat(it->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                     it->chmod ? 0600 : it->perm);
     if (fd < 0) {
         it->err = errno;
@@ -57,170 +122,111 @@ static void stage_one(stage_item *it) {
     int err = write_all(fd, (const char *)it->data.buf, it->data.len);
     if (!err && it->chmod && fchmod(fd, it->perm) != 0) err = errno;
     if (!err) {
-        struct timespec ts[2];
-        ts[0].tv_sec = ts[1].tv_sec = (time_t)(it->mtime_ns / 1000000000LL);
-        ts[0].tv_nsec = ts[1].tv_nsec = (long)(it->mtime_ns % 1000000000LL);
-        if (ts[0].tv_nsec < 0) { /* before 1970: floor division, as os.utime does */
-            ts[0].tv_sec -= 1;
-            ts[1].tv_sec -= 1;
-            ts[0].tv_nsec += 1000000000L;
-            ts[1].tv_nsec += 1000000000L;
+        /* floor division, as os.utime splits a negative (pre-1970) time */
+        long long sec = it->mtime_ns / 1000000000LL, nsec = it->mtime_ns % 1000000000LL;
+        if (nsec < 0) {
+            sec -= 1;
+            nsec += 1000000000LL;
         }
+        struct timespec ts[2] = {{(time_t)sec, (long)nsec}, {(time_t)sec, (long)nsec}};
         if (futimens(fd, ts) != 0) err = errno;
     }
-    if (!err) {
-        struct stat st;
-        if (fstat(fd, &st) != 0) {
-            err = errno;
-        } else {
-            it->st_mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
-            it->st_ino = (unsigned long long)st.st_ino;
-        }
-    }
+    struct stat st;
+    if (!err && fstat(fd, &st) != 0) err = errno;
     if (close(fd) != 0 && !err && errno != EINTR) err = errno;
     if (err) {
-        unlinkat(dir_fd, name, 0);
+        unlinkat(it->dir_fd, name, 0);
         it->err = err;
+        return;
     }
+    it->st_mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+    it->st_ino = (unsigned long long)st.st_ino;
 }
+
+static PyObject *stage_result(void *p) {
+    stage_item *it = p;
+    return it->err ? PyLong_FromLong(it->err)
+                   : Py_BuildValue("(LK)", it->st_mtime_ns, it->st_ino);
+}
+
+static void stage_release(void *p) {
+    stage_item *it = p;
+    Py_XDECREF(it->name);
+    if (it->has_data) PyBuffer_Release(&it->data);
+}
+
+static const batch_ops stage_ops = {sizeof(stage_item), stage_parse, stage_run, stage_result,
+                                    stage_release};
 
 PyDoc_STRVAR(stage_files_doc,
 "stage_files(items) -> list\n\n"
 "items: (dir_fd: int, temp_name: str, data: bytes-like, perm: int, chmod: bool,\n"
 "mtime_ns: int). Each is created O_EXCL|O_NOFOLLOW in dir_fd with `perm` (0600 when\n"
 "`chmod`, then fchmod-ed to `perm` once written), given mtime_ns, fstat-ed and\n"
-"closed; a failed one is unlinked. Returns per\n"
-"item (st_mtime_ns, st_ino), or the errno (an int) of its first failure.");
+"closed; a failed one is unlinked. Returns per item (st_mtime_ns, st_ino), or the\n"
+"errno (an int) of its first failure.");
 
 static PyObject *stage_files(PyObject *self, PyObject *args) {
-    PyObject *items_in;
-    if (!PyArg_ParseTuple(args, "O:stage_files", &items_in)) return NULL;
-    PyObject *seq = PySequence_Fast(items_in, "items must be a sequence");
-    if (!seq) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    stage_item *items = PyMem_Calloc(n ? (size_t)n : 1, sizeof(stage_item));
-    PyObject *result = NULL;
-    Py_ssize_t i, ready = 0;
-    if (!items) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (i = 0; i < n; i++, ready++) {
-        PyObject *name_obj, *data_obj, *perm_obj, *chmod_obj, *mtime_obj;
-        stage_item *it = &items[i];
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "iOOOOO:stage item",
-                              &it->dir_fd, &name_obj, &data_obj, &perm_obj, &chmod_obj, &mtime_obj))
-            goto done;
-        if (!PyUnicode_FSConverter(name_obj, &it->name)) goto done;
-        if (PyObject_GetBuffer(data_obj, &it->data, PyBUF_SIMPLE) != 0) goto done;
-        it->has_data = 1;
-        long perm = PyLong_AsLong(perm_obj);
-        if (perm == -1 && PyErr_Occurred()) goto done;
-        it->perm = (mode_t)(perm & 07777);
-        it->chmod = PyObject_IsTrue(chmod_obj);
-        if (it->chmod < 0) goto done;
-        it->mtime_ns = PyLong_AsLongLong(mtime_obj);
-        if (it->mtime_ns == -1 && PyErr_Occurred()) goto done;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    for (i = 0; i < n; i++) stage_one(&items[i]);
-    Py_END_ALLOW_THREADS
-    result = PyList_New(n);
-    if (!result) goto done;
-    for (i = 0; i < n; i++) {
-        PyObject *r = items[i].err
-            ? PyLong_FromLong(items[i].err)
-            : Py_BuildValue("(LK)", items[i].st_mtime_ns, items[i].st_ino);
-        if (!r) {
-            Py_CLEAR(result);
-            goto done;
-        }
-        PyList_SET_ITEM(result, i, r);
-    }
-done:
-    if (items) {
-        for (i = 0; i <= ready && i < n; i++) {
-            Py_XDECREF(items[i].name);
-            if (items[i].has_data) PyBuffer_Release(&items[i].data);
-        }
-        PyMem_Free(items);
-    }
-    Py_DECREF(seq);
-    return result;
+    (void)self;
+    return run_batch(args, "O:stage_files", &stage_ops);
 }
+
+/* --- place_files ---------------------------------------------------------------------- */
 
 typedef struct {
     int src_fd;
     PyObject *tmp;
-    PyObject *name;
     int dst_fd;
+    PyObject *name;
     int link_first;
     int err;
 } place_item;
 
+static int place_parse(PyObject *tuple, void *p) {
+    place_item *it = p;
+    PyObject *tmp, *name, *link_first;
+    if (!PyArg_ParseTuple(tuple, "iOiOO:place item", &it->src_fd, &tmp, &it->dst_fd, &name,
+                          &link_first))
+        return -1;
+    if (!PyUnicode_FSConverter(tmp, &it->tmp)) return -1;
+    if (!PyUnicode_FSConverter(name, &it->name)) return -1;
+    return flag(link_first, &it->link_first);
+}
+
+static void place_run(void *p) {
+    place_item *it = p;
+    const char *tmp = PyBytes_AS_STRING(it->tmp), *name = PyBytes_AS_STRING(it->name);
+    if (it->link_first && linkat(it->src_fd, tmp, it->dst_fd, name, 0) == 0) {
+        unlinkat(it->src_fd, tmp, 0);
+        return;
+    }
+    if (renameat(it->src_fd, tmp, it->dst_fd, name) != 0) it->err = errno;
+}
+
+static PyObject *place_result(void *p) { return PyLong_FromLong(((place_item *)p)->err); }
+
+static void place_release(void *p) {
+    place_item *it = p;
+    Py_XDECREF(it->tmp);
+    Py_XDECREF(it->name);
+}
+
+static const batch_ops place_ops = {sizeof(place_item), place_parse, place_run, place_result,
+                                    place_release};
+
 PyDoc_STRVAR(place_files_doc,
 "place_files(items) -> list\n\n"
-"items: (src_fd: int, temp_name: str, dst_fd: int, name: str, link_first: bool). With link_first\n"
-"the temp is hard-linked to dst_fd/name and unlinked, and renamed over it if the link\n"
-"fails; without, it is renamed. Returns per item 0 or the errno of the rename.");
+"items: (src_fd: int, temp_name: str, dst_fd: int, name: str, link_first: bool).\n"
+"With link_first the temp is hard-linked to dst_fd/name and unlinked, and renamed\n"
+"over it if the link fails; without, it is renamed. Returns per item 0 or the errno\n"
+"of the rename.");
 
 static PyObject *place_files(PyObject *self, PyObject *args) {
-    PyObject *items_in;
-    if (!PyArg_ParseTuple(args, "O:place_files", &items_in)) return NULL;
-    PyObject *seq = PySequence_Fast(items_in, "items must be a sequence");
-    if (!seq) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    place_item *items = PyMem_Calloc(n ? (size_t)n : 1, sizeof(place_item));
-    PyObject *result = NULL;
-    Py_ssize_t i, ready = 0;
-    if (!items) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (i = 0; i < n; i++, ready++) {
-        PyObject *tmp_obj, *name_obj, *link_obj;
-        place_item *it = &items[i];
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "iOiOO:place item",
-                              &it->src_fd, &tmp_obj, &it->dst_fd, &name_obj, &link_obj))
-            goto done;
-        if (!PyUnicode_FSConverter(tmp_obj, &it->tmp)) goto done;
-        if (!PyUnicode_FSConverter(name_obj, &it->name)) goto done;
-        it->link_first = PyObject_IsTrue(link_obj);
-        if (it->link_first < 0) goto done;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    for (i = 0; i < n; i++) {
-        place_item *it = &items[i];
-        const char *tmp = PyBytes_AS_STRING(it->tmp);
-        const char *name = PyBytes_AS_STRING(it->name);
-        if (it->link_first && linkat(it->src_fd, tmp, it->dst_fd, name, 0) == 0) {
-            unlinkat(it->src_fd, tmp, 0);
-            continue;
-        }
-        if (renameat(it->src_fd, tmp, it->dst_fd, name) != 0) it->err = errno;
-    }
-    Py_END_ALLOW_THREADS
-    result = PyList_New(n);
-    if (!result) goto done;
-    for (i = 0; i < n; i++) {
-        PyObject *r = PyLong_FromLong(items[i].err);
-        if (!r) {
-            Py_CLEAR(result);
-            goto done;
-        }
-        PyList_SET_ITEM(result, i, r);
-    }
-done:
-    if (items) {
-        for (i = 0; i <= ready && i < n; i++) {
-            Py_XDECREF(items[i].tmp);
-            Py_XDECREF(items[i].name);
-        }
-        PyMem_Free(items);
-    }
-    Py_DECREF(seq);
-    return result;
+    (void)self;
+    return run_batch(args, "O:place_files", &place_ops);
 }
+
+/* --- the module ----------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
     {"stage_files", stage_files, METH_VARARGS, stage_files_doc},
@@ -229,9 +235,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "dagsync._fastio",
-    "A chunk's file writes and renames in one call, without the GIL (see fsio.py).",
-    -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "dagsync._fastio",
+    .m_doc = "A chunk's file writes and renames in one call, without the GIL (bulkio.py).",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__fastio(void) { return PyModule_Create(&module); }

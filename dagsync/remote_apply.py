@@ -189,20 +189,21 @@ class RemoteApply(LocalChanges):
                     if committing is not None and last is not None and (
                             last.has_deletes
                             or not last.paths.isdisjoint(p.remote.path for p in chunk)):
-                        done, committing = committing, None
-                        await self._committed(done, last, len(chunks))
+                        await self._committed(committing, last, len(chunks))
+                        committing = None
                     staging = loop.run_in_executor(None, self._stage_chunk, chunk, contents,
                                                    outcome, i % INTENT_SLOTS)
-                    pending, staging = await staging, None
+                    # shielded: a cancelled await must not lose the thread's result
+                    pending, staging = await asyncio.shield(staging), None
                     pending.number, pending.waited = i + 1, waited
                     if committing is not None and last is not None:
-                        done, committing = committing, None
-                        await self._committed(done, last, len(chunks))
+                        await self._committed(committing, last, len(chunks))
+                        committing = None
                     last, pending = pending, None
                     committing = loop.run_in_executor(None, self._commit_chunk, last, outcome)
                 if committing is not None and last is not None:
-                    done, committing = committing, None
-                    await self._committed(done, last, len(chunks))
+                    await self._committed(committing, last, len(chunks))
+                    committing = None
             finally:
                 fetching.cancel()
                 await self._settle(staging, committing, pending)
@@ -231,7 +232,7 @@ class RemoteApply(LocalChanges):
     async def _committed(self, committing: asyncio.Future[bool], chunk: _Chunk,
                          chunks: int) -> None:
         """Wait for a chunk's commit; log its timings and wake the senders."""
-        changed = await committing
+        changed = await asyncio.shield(committing)
         log.debug("folder %s: chunk %d/%d of %d file(s): waited %.3f s for content, "
                   "applied in %.3f s (%.3f s of it on the CPU)", self.id, chunk.number,
                   chunks, len(chunk.decided), chunk.waited, chunk.seconds, chunk.cpu)

@@ -11,19 +11,7 @@ from dagsync.clock import VersionVector
 from dagsync.config import FolderConfig
 from dagsync.index import Index
 from dagsync.model import FileVersion, FolderMode, Kind
-
-
-class Serve:
-    """Content for the versions of one test, as a peer would send it."""
-
-    def __init__(self, contents: dict[str, bytes]) -> None:
-        self.contents = contents
-
-    async def fetch(self, v: FileVersion) -> bytes:
-        return self.contents[v.path]
-
-    async def fetch_many(self, vs: list[FileVersion]) -> list[bytes | BaseException]:
-        return [self.contents[v.path] for v in vs]
+from tests.peers import MemoryPeer
 
 
 def remote(path: str, data: bytes, counter: int) -> FileVersion:
@@ -54,7 +42,7 @@ async def test_a_local_edit_reported_during_an_apply_round_is_registered_after_i
         # The round ends: what the watcher reported meanwhile is looked at now.
         data = b"dag = 'from the cluster'\n"
         outcome = await folder.apply_batch([remote("other.py", data, 1)],
-                                           Serve({"other.py": data}))
+                                           MemoryPeer({"other.py": data}))
         assert outcome.applied == ["other.py"] and folder.recheck == set()
         local = folder.version("edited.py")
         assert local is not None and local.origin == "b" and not local.deleted

@@ -6,6 +6,7 @@ real agent."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import sqlite3
@@ -24,19 +25,7 @@ from dagsync.index import Index
 from dagsync.model import FileVersion, FolderMode, Kind
 from dagsync.paths import is_temp_name
 from tests.cluster import wait_converged, write
-
-
-class MemoryFetch:
-    """A peer holding every file's content in memory."""
-
-    def __init__(self, data: dict[str, bytes]) -> None:
-        self.data = data
-
-    async def fetch(self, v: FileVersion) -> bytes:
-        return self.data[v.path]
-
-    async def fetch_many(self, vs: list[FileVersion]) -> list[bytes | BaseException]:
-        return [self.data[v.path] for v in vs]
+from tests.peers import MemoryPeer
 
 
 def make_folder(base: Path, node: str) -> engine.FolderEngine:
@@ -61,6 +50,17 @@ def on_disk(root: Path) -> dict[str, tuple[bytes, int, int]]:
             for p in root.rglob("*") if p.is_file()}
 
 
+async def sender_with(base: Path, count: int, content: Any = None
+                      ) -> tuple[engine.FolderEngine, list[FileVersion], dict[str, bytes]]:
+    """Node a with `count` DAG files in 30 team folders, scanned: its versions and
+    their content, as an empty peer would fetch them."""
+    a = make_folder(base, "a")
+    for i in range(count):
+        write(a.root / f"team_{i % 30}/dag_{i}.py", content(i) if content else f"dag = {i}\n")
+    versions = await scanned(a)
+    return a, versions, {v.path: (a.root / v.path).read_bytes() for v in versions}
+
+
 def intent_notes(folder: engine.FolderEngine) -> list[str | None]:
     return [folder.index.get_meta(folder._intent_key(s)) for s in range(2)]
 
@@ -68,13 +68,13 @@ def intent_notes(folder: engine.FolderEngine) -> list[str | None]:
 async def test_bulk_round_lands_every_chunk_and_clears_its_notes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    a = make_folder(tmp_path / "a", "a")
     rng = random.Random(3)
-    for i in range(1300):  # chunks of 64, 512, 512, 212
-        write(a.root / f"team_{i % 30}/dag_{i}.py", rng.randbytes(rng.randint(0, 3000)),
-              mode=0o755 if i % 7 == 0 else 0o644)
-    versions = await scanned(a)
-    data = {v.path: (a.root / v.path).read_bytes() for v in versions}
+    a, versions, data = await sender_with(  # chunks of 64, 512, 512, 212
+        tmp_path / "a", 1300, lambda i: rng.randbytes(rng.randint(0, 3000)))
+    for i in range(0, 1300, 7):
+        (a.root / f"team_{i % 30}/dag_{i}.py").chmod(0o755)
+    await a.scan()  # the new modes
+    versions = [a.records[p].version for p in sorted(a.records)]
 
     # Which halves ran at the same time: the overlap is the point of the bulk path.
     spans: dict[str, list[tuple[float, float]]] = {"stage": [], "commit": []}
@@ -96,7 +96,7 @@ async def test_bulk_round_lands_every_chunk_and_clears_its_notes(
                             timed(name, getattr(remote_apply.RemoteApply, method)))
     b = make_folder(tmp_path / "b", "b")
     await b.open()
-    outcome = await b.apply_batch(versions, MemoryFetch(data))
+    outcome = await b.apply_batch(versions, MemoryPeer(data))
 
     assert outcome.failed == [] and outcome.refused == []
     assert len(outcome.applied) == 1300
@@ -126,7 +126,7 @@ async def test_a_chunk_that_deletes_is_committed_before_the_next_writes(
     b = make_folder(tmp_path / "b", "b")
     await b.open()
     data = {v.path: (a.root / v.path).read_bytes() for v in first}
-    assert (await b.apply_batch(first, MemoryFetch(data))).failed == []
+    assert (await b.apply_batch(first, MemoryPeer(data))).failed == []
 
     for i in range(64):
         (a.root / f"x/old_{i}.py").unlink()
@@ -139,7 +139,7 @@ async def test_a_chunk_that_deletes_is_committed_before_the_next_writes(
     creates = [a.records[f"x/new_{i}.py"].version for i in range(600)]
     data = {v.path: (a.root / v.path).read_bytes() for v in creates}
     # the first chunk (64) holds every delete, the next ones write into the same dir
-    outcome = await b.apply_batch(tombstones + creates, MemoryFetch(data))
+    outcome = await b.apply_batch(tombstones + creates, MemoryPeer(data))
     assert outcome.failed == []
     assert on_disk(b.root) == on_disk(a.root)
     assert sorted(p.name for p in (b.root / "x").iterdir()) == sorted(
@@ -174,11 +174,7 @@ async def test_a_round_failing_mid_commit_leaves_notes_for_what_landed(
     full, say, or the process dying there) while chunk 4 was being staged: a restart
     adopts chunk 3's files as the cluster's versions from the notes, the staged chunk
     leaves no temp file and no path held in `applying`."""
-    a = make_folder(tmp_path / "a", "a")
-    for i in range(1300):
-        write(a.root / f"team_{i % 30}/dag_{i}.py", f"dag = {i}\n")
-    versions = await scanned(a)
-    data = {v.path: (a.root / v.path).read_bytes() for v in versions}
+    a, versions, data = await sender_with(tmp_path / "a", 1300)
     b = make_folder(tmp_path / "b", "b")
     await b.open()
     put, calls = b.index.put, []
@@ -191,7 +187,7 @@ async def test_a_round_failing_mid_commit_leaves_notes_for_what_landed(
 
     monkeypatch.setattr(b.index, "put", failing_put)
     with pytest.raises(OSError):
-        await b.apply_batch(versions, MemoryFetch(data))
+        await b.apply_batch(versions, MemoryPeer(data))
     assert b.applying == set()
     assert list((tmp_path / "b" / "state" / "tmp").iterdir()) == []
     landed = on_disk(b.root)
@@ -205,6 +201,45 @@ async def test_a_round_failing_mid_commit_leaves_notes_for_what_landed(
     assert (await restarted.scan()).new_versions == 0  # nothing taken for a local edit
     a.index.close()
     restarted.index.close()
+
+
+async def test_a_cancelled_round_lets_its_threads_finish_and_holds_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An agent stopping mid-round cancels the apply while a chunk is being committed
+    and the next staged: the commit completes (what it placed is recorded), the staged
+    chunk's temps go, nothing stays held, and a later round finishes the job."""
+    a, versions, data = await sender_with(tmp_path / "a", 1300)
+    b = make_folder(tmp_path / "b", "b")
+    await b.open()
+    loop = asyncio.get_running_loop()
+    task: asyncio.Task[Any] | None = None
+    commits = []
+    original = remote_apply.RemoteApply._commit_chunk
+
+    def commit_cancelled_midway(self: Any, *args: Any) -> Any:
+        commits.append(1)
+        if len(commits) == 2 and task is not None:
+            loop.call_soon_threadsafe(task.cancel)
+            time.sleep(0.2)  # still committing when the cancellation arrives
+        return original(self, *args)
+
+    monkeypatch.setattr(remote_apply.RemoteApply, "_commit_chunk", commit_cancelled_midway)
+    task = asyncio.create_task(b.apply_batch(versions, MemoryPeer(data)))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not b.lock.locked() and b.applying == set()
+    assert list((tmp_path / "b" / "state" / "tmp").iterdir()) == []
+    landed = on_disk(b.root)
+    assert 64 <= len(landed) < 1300
+    assert set(landed) == {p for p, r in b.records.items() if not r.version.deleted}
+
+    monkeypatch.setattr(remote_apply.RemoteApply, "_commit_chunk", original)
+    outcome = await b.apply_batch(versions, MemoryPeer(data))
+    assert outcome.failed == []
+    assert on_disk(b.root) == on_disk(a.root)
+    a.index.close()
+    b.index.close()
 
 
 def _records(node: Any) -> dict[str, str]:
