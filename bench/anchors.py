@@ -596,7 +596,9 @@ def initial_syncthing_setup(base: Path, corpus: Path, files: int
 def initial_syncthing_run(pair: SyncthingCluster, ref: Tree, timeout: float = 1800
                           ) -> dict[str, float]:
     """B brand new (same identity, no database, empty folder); seconds from starting B
-    until B's tree is byte-identical to A's."""
+    until B's tree is byte-identical to A's. B is stopped again once timed: left running,
+    it goes on working (its database, the announcements to A) through the next tool's
+    timed run."""
     b = pair.nodes[1]
     b.stop()
     b.reset_database()
@@ -604,6 +606,7 @@ def initial_syncthing_run(pair: SyncthingCluster, ref: Tree, timeout: float = 18
     t0 = time.perf_counter()
     b.start()
     t = wait_tree([b.folder], ref, t0, timeout, "syncthing initial sync", alive=pair.alive)
+    b.stop()
     return {"seconds": t}
 
 
