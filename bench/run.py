@@ -441,8 +441,14 @@ def mount_fresh_fs(work: Path, gib: int) -> None:
                 break
             time.sleep(0.5)
         else:
-            log(f"note: could not unmount {work}; image {image} left in place on {device}")
-            return
+            # Still busy (a file this process holds there): detach it lazily. The kernel
+            # frees the file system, the loop device (losetup -d on a busy device sets
+            # autoclear) and the unlinked image once the last holder is gone, at our exit.
+            if subprocess.run(["umount", "-l", os.fspath(work)],
+                              capture_output=True).returncode != 0:
+                log(f"note: could not unmount {work}; image {image} left in place on {device}")
+                return
+            log(f"note: {work} was busy at exit; unmounted lazily, freed when this exits")
         subprocess.run(["losetup", "-d", device], capture_output=True)
         image.unlink(missing_ok=True)
 
