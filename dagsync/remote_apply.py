@@ -179,6 +179,7 @@ class RemoteApply(LocalChanges):
         last: _Chunk | None = None  # the chunk `committing` commits
         async with self.lock:
             try:
+                await asyncio.to_thread(self._drop_stale_notes)
                 for i, chunk in enumerate(chunks):
                     waited = time.perf_counter()
                     contents = await fetching
@@ -253,7 +254,15 @@ class RemoteApply(LocalChanges):
     ) -> bool:
         """Runs in a worker thread under the folder lock. True when the index changed
         (something applied, or a local change registered): the senders must be woken."""
+        self._drop_stale_notes()
         return self._commit_chunk(self._stage_chunk(planned, contents, outcome, 0), outcome)
+
+    def _drop_stale_notes(self) -> None:
+        """A new apply starts with slot 0; a note left in the other slot by a round that
+        failed is dropped, as the next apply's note always replaced a failed one's (what
+        that round placed unrecorded is found by the scans as local files)."""
+        for slot in range(1, INTENT_SLOTS):
+            self._set_intent([], slot)
 
     def _stage_chunk(
         self, planned: list[Planned], contents: dict[str, bytes], outcome: BatchOutcome,

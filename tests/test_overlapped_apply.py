@@ -242,6 +242,19 @@ async def test_a_cancelled_round_lets_its_threads_finish_and_holds_nothing(
     b.index.close()
 
 
+async def test_the_next_apply_drops_a_failed_rounds_stale_note(tmp_path: Path) -> None:
+    """A note left in slot 1 by a round that failed is dropped when the next apply starts,
+    as slot 0's always was (replayed much later it could bring back an old version)."""
+    a, versions, data = await sender_with(tmp_path / "a", 3)
+    b = make_folder(tmp_path / "b", "b")
+    await b.open()
+    b.index.set_meta(b._intent_key(1), json.dumps([versions[0].to_wire()]))
+    assert (await b.apply_batch(versions, MemoryPeer(data))).failed == []
+    assert intent_notes(b) == ["[]", "[]"]
+    a.index.close()
+    b.index.close()
+
+
 def _records(node: Any) -> dict[str, str]:
     """path -> origin of every live record in a stopped node's index."""
     db = sqlite3.connect(f"file:{node.state / 'index.db'}?mode=ro", uri=True)
