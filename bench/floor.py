@@ -117,12 +117,7 @@ def main() -> int:
     sshd = R.SSHD(work)
     sshd.start()
     base = work / "floor"
-    a, b = R.Node("a", base / "a"), R.Node("b", base / "b")
-    R.mesh([a, b])
-    R.copy_tree(corpus_dir, a.dags)
-    ref = R.snapshot(a.dags)
-    a.start()
-    a.wait_ready()
+    a, b, ref = R.initial_pair(base, corpus_dir)
     rsync_dst = base / "rsync-target"
     times: dict[str, list[float]] = {m: [] for m in ["rsync", *modes]}
     try:

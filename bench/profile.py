@@ -169,23 +169,10 @@ def analyze(path: Path, title: str, top: int = 18, rate: int | None = None) -> d
 # ---------------------------------------------------------------------------- scenarios
 
 
-def initial_pair(base: Path, corpus_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """A running and indexed with the corpus, B configured and empty, not started yet;
-    and the reference tree B must end up holding."""
-    a, b = R.Node("a", base / "a"), R.Node("b", base / "b")
-    R.mesh([a, b])
-    R.copy_tree(corpus_dir, a.dags)
-    ref = R.snapshot(a.dags)
-    a.start()
-    a.wait_ready()
-    os.sync()
-    return a, b, ref
-
-
 def scenario_initial(work: Path, files: int) -> None:
     corpus_dir, _ = R.corpus(work, files)
     base = work / "profile" / "initial"
-    a, b, ref = initial_pair(base, corpus_dir)
+    a, b, ref = R.initial_pair(base, corpus_dir)
     spy_a = start_spy(a.proc.pid, base / "a.raw")  # type: ignore[union-attr]
     t0 = time.perf_counter()
     b.start()
@@ -216,7 +203,7 @@ def scenario_chunks(work: Path, files: int, runs: int) -> None:
     print("run  wall s  first file s  files  waited for content s  apply s  of it: CPU s  "
           "syncfs s  other wait s  apply us/file")
     for run in range(runs):
-        a, b, ref = initial_pair(work / "profile" / f"chunks{run}", corpus_dir)
+        a, b, ref = R.initial_pair(work / "profile" / f"chunks{run}", corpus_dir)
         b.global_args = ["--log-level", "debug"]
         t0 = time.perf_counter()
         b.start()

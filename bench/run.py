@@ -700,6 +700,20 @@ class Node:
             self.proc = None
 
 
+def initial_pair(base: Path, corpus_dir: Path) -> tuple[Node, Node, dict[str, Any]]:
+    """For the initial-sync probes (bench/profile.py, bench/floor.py): A running and
+    indexed with the corpus, B configured and empty, not started yet; and the reference
+    tree B must end up holding."""
+    a, b = Node("a", base / "a"), Node("b", base / "b")
+    mesh([a, b])
+    copy_tree(corpus_dir, a.dags)
+    ref = snapshot(a.dags)
+    a.start()
+    a.wait_ready()
+    os.sync()
+    return a, b, ref
+
+
 def agents_cpu_s(nodes: list[Node]) -> float:
     total = 0.0
     for n in nodes:

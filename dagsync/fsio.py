@@ -270,15 +270,15 @@ def stage_file(
             if st is not None and stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(errno.EISDIR, "is a directory", str(root / relpath))
         result = stage_files(root, [(relpath, data, mode, mtime_ns)], temp_dir, ds)[0]
-    if isinstance(result, Exception):
+    if not isinstance(result, StagedWrite):
         raise result
     return result
 
 
 def stage_files(
     root: Path, writes: Sequence[tuple[str, bytes, int, int]], temp_dir: Path | None,
-    dirs: Dirs,
-) -> list[StagedWrite | Exception]:
+    dirs: Dirs | None = None,
+) -> list[StagedWrite | OSError | PathRefused]:
     """Write each (relpath, data, mode, mtime_ns) to a temp file with its final mode and
     mtime; per write, its StagedWrite or the exception that failed it.
 
@@ -286,27 +286,31 @@ def stage_files(
     system, so the synced folder sees one new name and no temp-file churn), else beside
     their relpath. Missing parent directories are created (0o755, confined). Nothing is
     fsynced here: commit() makes a whole batch durable at once. A failed write leaves no
-    temp. The syscalls of the whole batch run in one bulkio call.
+    temp. The syscalls of the whole batch run in one bulkio call. Pass the `dirs` the
+    batch will be committed with to open each directory once.
     """
-    results: list[StagedWrite | Exception] = []
+    results: list[StagedWrite | OSError | PathRefused] = []
     items: list[bulkio.StageItem] = []
     made: list[tuple[int, str, str, int]] = []  # (results index, relpath, temp, mode)
-    temp_fd = dirs.other(temp_dir) if temp_dir is not None else -1
-    for relpath, data, mode, mtime_ns in writes:
-        try:
-            folder_pfd = dirs.parent(relpath, create=True)
-        except (OSError, PathRefused) as e:
-            results.append(e)
-            continue
-        tmp = paths.temp_name(_basename(relpath), _temp_token())
-        perm = mode & 0o7777
-        if temp_dir is not None:  # open() applies the umask; chmod only if it cut bits
-            items.append((temp_fd, tmp, data, perm, bool(perm & (0o7000 | _UMASK)), mtime_ns))
-        else:  # beside the file: private (0o600) until its final mode is set
-            items.append((folder_pfd, tmp, data, perm, True, mtime_ns))
-        made.append((len(results), relpath, tmp, mode))
-        results.append(OSError("not staged"))  # replaced below
-    for (at, relpath, tmp, mode), out in zip(made, bulkio.stage_files(items), strict=True):
+    with _dirs_for(root, dirs) as ds:
+        temp_fd = ds.other(temp_dir) if temp_dir is not None else -1
+        for relpath, data, mode, mtime_ns in writes:
+            try:
+                folder_pfd = ds.parent(relpath, create=True)
+            except (OSError, PathRefused) as e:
+                results.append(e)
+                continue
+            tmp = paths.temp_name(_basename(relpath), _temp_token())
+            perm = mode & 0o7777
+            if temp_dir is not None:  # open() applies the umask; chmod if it cut bits
+                items.append((temp_fd, tmp, data, perm, bool(perm & (0o7000 | _UMASK)),
+                              mtime_ns))
+            else:  # beside the file: private (0o600) until its final mode is set
+                items.append((folder_pfd, tmp, data, perm, True, mtime_ns))
+            made.append((len(results), relpath, tmp, mode))
+            results.append(OSError("not staged"))  # replaced below
+        staged = bulkio.stage_files(items)
+    for (at, relpath, tmp, mode), out in zip(made, staged, strict=True):
         if isinstance(out, int):
             results[at] = OSError(out, os.strerror(out), str(root / relpath))
         else:

@@ -6,7 +6,6 @@ cluster's version of files edited on a receive-only folder."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -426,16 +425,13 @@ class RemoteApply(LocalChanges):
         if not pending:
             return []
         writes = [(v.path, data, v.mode, v.mtime_ns) for v, data in pending]
-        with fsio.Dirs(self.root) if dirs is None else contextlib.nullcontext(dirs) as ds:
-            results = fsio.stage_files(self.root, writes, self.temp_dir, ds)
+        results = fsio.stage_files(self.root, writes, self.temp_dir, dirs)
         failed: list[tuple[FileVersion, OSError | PathRefused]] = []
         for (version, _), res in zip(pending, results, strict=True):
             if isinstance(res, fsio.StagedWrite):
                 staged.append((res, version))
-            elif isinstance(res, (OSError, PathRefused)):
-                failed.append((version, res))
             else:
-                raise res
+                failed.append((version, res))
         return failed
 
     def _apply_one(

@@ -468,3 +468,26 @@ def test_existing_answers_as_lexists_does(root: Path) -> None:
     expected = [rel for rel in asked if os.path.lexists(root / rel)]
     assert sorted(fsio.existing(root, asked)) == sorted(expected)
     assert sorted(expected) == ["d/a.py", "d/dangling", "f.py", "linked/a.py"]
+
+
+@pytest.mark.parametrize("private_temp", [False, True])
+def test_stage_files_refuses_a_symlinked_parent_and_stages_the_rest(
+    root: Path, tmp_path: Path, private_temp: bool,
+) -> None:
+    """SPEC guarantee 8 in a batch: a write whose parent directory is a symlink out of
+    the folder fails alone (PathRefused); nothing lands outside; the others are staged."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "evil").symlink_to(outside)
+    temp = tmp_path / "private-tmp"
+    temp.mkdir()
+    with fsio.Dirs(root) as dirs:
+        results = fsio.stage_files(
+            root, [("evil/dag.py", b"x", 0o644, MTIME), ("team/ok.py", b"ok", 0o644, MTIME)],
+            temp if private_temp else None, dirs)
+        assert isinstance(results[0], PathRefused)
+        assert isinstance(results[1], fsio.StagedWrite)
+        fsio.commit([results[1]], dirs)
+    assert list(outside.iterdir()) == []
+    assert (root / "team" / "ok.py").read_bytes() == b"ok"
+    assert temps_below(root) == [] and list(temp.iterdir()) == []
