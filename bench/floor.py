@@ -38,7 +38,7 @@ import run as R  # bench/run.py: corpus, nodes, sshd, process tracking
 
 # Loaded by B's interpreter at start-up (site imports `sitecustomize` from sys.path).
 DISCARD_APPLY = '''
-import os, time
+import asyncio, os, time
 _out = os.environ.get("DAGSYNC_FLOOR_OUT")
 if _out:
     import dagsync.remote_apply as _ra
@@ -51,13 +51,23 @@ if _out:
         return False, 0.0
 
     _ra.RemoteApply._apply_timed = _discard
-    _pipelined = _ra.RemoteApply._apply_pipelined
 
-    async def _one_by_one(self, planned, fetch, outcome, **_):
-        # chunk by chunk through _apply_timed (bulk rounds would overlap two of them)
-        await _pipelined(self, planned, fetch, outcome)
+    async def _discard_round(self, feed, fetch, outcome):
+        # a bulk round's chunks one by one through _apply_timed, the next one's content
+        # fetched meanwhile (as the real round does; it overlaps two applies besides)
+        loop = asyncio.get_running_loop()
+        chunk = feed.next()
+        fetching = loop.create_task(_ra.fetch_all(self.id, chunk, fetch, outcome)) \
+            if chunk is not None else None
+        while chunk is not None:
+            contents = await fetching
+            following = feed.next()
+            if following is not None:
+                fetching = loop.create_task(_ra.fetch_all(self.id, following, fetch, outcome))
+            self._apply_timed(chunk, contents, outcome)
+            chunk = following
 
-    _ra.RemoteApply._apply_pipelined = _one_by_one
+    _ra.RemoteApply._apply_overlapped = _discard_round
 '''
 
 

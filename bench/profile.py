@@ -190,7 +190,7 @@ def scenario_initial(work: Path, files: int) -> None:
     analyze(base / "b.raw", "B (receiver, from its start) during the initial sync")
 
 
-CHUNK_LINE = re.compile(r"chunk \d+/\d+ of (\d+) file\(s\): waited ([\d.]+) s for content, "
+CHUNK_LINE = re.compile(r"chunk \d+ of (\d+) file\(s\): waited ([\d.]+) s for content, "
                         r"applied in ([\d.]+) s \(([\d.]+) s of it on the CPU\)")
 SYNCFS_LINE = re.compile(r"syncfs took ([\d.]+) ms")
 

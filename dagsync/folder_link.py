@@ -48,6 +48,48 @@ class FolderLink:
 COALESCE_ENTRIES = 6_000
 
 
+# Most entries a round takes in while it runs (Round.more): beyond, a new round begins, so
+# our progress is saved and acknowledged at least that often during a long initial sync.
+GROW_ENTRIES = 50_000
+
+
+class Round:
+    """The index batches one apply round covers: those merged when it began (_coalesce)
+    and those a bulk round takes in while it runs (`more`). An initial sync arrives as
+    many batches; a new round for each would drain the fetch pipeline at every one."""
+
+    def __init__(self, link: FolderLink, first: p.Index) -> None:
+        self.link = link
+        self.first = first
+        self.last_seq, self.caught_up = first.last_seq, first.caught_up
+        self.later: list[tuple[FileVersion, ...]] = []  # entries taken in by `more`
+        self.taken = len(first.entries)
+
+    def more(self) -> tuple[FileVersion, ...]:
+        """The entries of the next index batch already waiting, if it follows on from
+        this round's (else it is held for a round of its own); () when none is."""
+        link = self.link
+        while link.held is None and not link.inbox.empty() and self.taken < GROW_ENTRIES:
+            nxt = link.inbox.get_nowait()
+            if nxt.from_seq > self.last_seq:
+                link.held = nxt
+                break
+            batch = nxt.decode()
+            self.last_seq = max(self.last_seq, batch.last_seq)
+            self.caught_up = batch.caught_up
+            if batch.entries:
+                link.echo.update((e.path, e) for e in batch.entries)
+                self.later.append(batch.entries)
+                self.taken += len(batch.entries)
+                return batch.entries
+        return ()
+
+    def entries(self) -> Iterable[FileVersion]:
+        yield from self.first.entries
+        for batch in self.later:
+            yield from batch
+
+
 def _coalesce(link: FolderLink, msg: p.IndexFrame | p.Index) -> p.Index:
     """Merge the index batches already waiting into one apply round. A round pipelines
     fetching with writing; starting one per batch stalls the pipeline at each batch (an

@@ -93,7 +93,8 @@ class FolderState:
         self.last_scan: float | None = None
         self.last_scan_problems: list[str] = []
         self.local_edits_refused = 0  # edits on a receive-only folder
-        self.on_applied: list[Callable[[BatchOutcome], None]] = []
+        self.on_applied: list[Callable[[BatchOutcome], None]] = []  # after each round
+        self.applied_total = 0  # remote versions recorded so far, counted as chunks land
         self.last_scan_duration = 0.0
         self.reverts: set[str] = set()  # receive-only paths awaiting the cluster's version
         # Paths (and their directories) an apply round is writing right now, and watcher

@@ -113,16 +113,15 @@ async def _standalone_round(
     report = SyncReport()
     for folder in node.folders.values():
         folder.read_only = dry_run
-    received = [0]
-    for folder in node.folders.values():
-        folder.on_applied.append(lambda outcome: received.__setitem__(
-            0, received[0] + len(outcome.applied)))
+
+    def received() -> int:  # counted as chunks land: an initial sync is one long round
+        return sum(f.applied_total for f in node.folders.values())
 
     async def show_progress() -> None:
         assert progress is not None
         while True:
             done = len(report.in_sync) + len(report.down)
-            progress(f"{done}/{len(peers)} peer(s) done, {received[0]} file(s) received")
+            progress(f"{done}/{len(peers)} peer(s) done, {received()} file(s) received")
             await asyncio.sleep(0.2)
 
     ticker = asyncio.get_running_loop().create_task(show_progress()) if progress else None
@@ -161,7 +160,7 @@ async def _standalone_round(
         if ticker is not None:
             ticker.cancel()
             assert progress is not None
-            progress(f"{len(peers)}/{len(peers)} peer(s) done, {received[0]} file(s) received\n")
+            progress(f"{len(peers)}/{len(peers)} peer(s) done, {received()} file(s) received\n")
         node.close()
     return report
 

@@ -21,6 +21,7 @@ from dagsync.errors import PeerClosed, ProtocolError, TransportError
 from dagsync.folder_link import (
     COALESCE_ENTRIES,
     FolderLink,
+    Round,
     _coalesce,
     _forget_echoes,
     drop_echoes,
@@ -344,10 +345,13 @@ class PeerConnection(PeerServing, PeerFetching):
             link.remote.update((e.path, e) for e in msg.entries)
             link.caught_up = msg.caught_up
             return
+        last_seq, caught_up = msg.last_seq, msg.caught_up
         if msg.entries:
             link.echo.update((e.path, e) for e in msg.entries)
-            outcome = await folder.apply_batch(msg.entries, fetch)
-            _forget_echoes(link, msg.entries, outcome.applied)
+            batches = Round(link, msg)
+            outcome = await folder.apply_batch(msg.entries, fetch, more=batches.more)
+            last_seq, caught_up = batches.last_seq, batches.caught_up
+            _forget_echoes(link, batches.entries(), outcome.applied)
             self.node.note_outcome(self, folder.id, outcome)
             if not outcome.complete:
                 link.failures += 1
@@ -355,21 +359,21 @@ class PeerConnection(PeerServing, PeerFetching):
                     log.warning("peer %s: folder %s: %s: %s", self.peer_name, folder.id,
                                 path, reason)
         if link.failures:
-            if msg.caught_up and not link.retry_pending:
+            if caught_up and not link.retry_pending:
                 link.retry_pending = True
                 asyncio.get_running_loop().create_task(self._retry_later(link))
             return
         link.retries = 0  # everything so far went through: a next failure starts over
         if msg.from_seq > link.processed_seq:
             return  # a batch sent before a Resend: applied, but not a contiguous step
-        link.processed_seq = max(link.processed_seq, msg.last_seq)
+        link.processed_seq = max(link.processed_seq, last_seq)
         await asyncio.to_thread(self.node.index.set_peer_progress, self.peer_name,
                                 folder.id, link.their_index_id, link.processed_seq)
         # Our state first, then the Ack, with no await between: a peer finishing a one-shot
         # round closes as soon as it reads the Ack, and this side must already count as
         # in sync when that Close arrives (it used to be set after the drain).
-        link.caught_up = msg.caught_up
-        link.their_max_seq = max(link.their_max_seq, msg.last_seq)
+        link.caught_up = caught_up
+        link.their_max_seq = max(link.their_max_seq, last_seq)
         self._send(p.Ack(folder.id, link.their_index_id, link.processed_seq))
         self.node.note_ack(self)
         await self.stream.drain()

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dagsync import fsio
@@ -35,6 +36,11 @@ BULK_ROUND = 512  # a round this big pauses the folder's watcher (see FolderStat
 FIRST_CHUNK = 64
 APPLY_CHUNK = 512  # files written and recorded per step; the next chunk is fetched meanwhile
 LOG_EACH_UP_TO = 20  # applied files logged one per line; more make one summary line
+
+# Further remote entries a bulk round takes in while it runs: the next index batch already
+# waiting, or () when none is (peer.py: the batches of an initial sync stream through one
+# round instead of each new round draining the fetch pipeline first).
+More = Callable[[], Sequence[FileVersion]]
 
 
 class RemoteApply(LocalChanges):
@@ -96,13 +102,14 @@ class RemoteApply(LocalChanges):
         return planned
 
     async def apply_batch(
-        self, entries: Iterable[FileVersion], fetch: Fetch, *, dry_run: bool = False
+        self, entries: Iterable[FileVersion], fetch: Fetch, *, dry_run: bool = False,
+        more: More | None = None,
     ) -> BatchOutcome:
-        """Decide every remote entry, fetch what is needed, and apply it durably."""
+        """Decide every remote entry, fetch what is needed, and apply it durably. A bulk
+        round also applies what `more` hands it while it runs."""
         outcome = BatchOutcome()
         planned = self.plan(entries, outcome)
-        for path, reason in outcome.refused:
-            log.warning("folder %s: refused remote entry %r: %s", self.id, path, reason)
+        self._log_refused(outcome.refused)
         if dry_run:
             outcome.would = [(p.action.kind.value, p.remote.path) for p in planned]
             return outcome
@@ -113,28 +120,50 @@ class RemoteApply(LocalChanges):
             return outcome
         if not planned:
             return outcome
-        bulk = self.on_bulk if len(planned) >= BULK_ROUND else None
+        big = len(planned) >= BULK_ROUND
+        bulk = self.on_bulk if big else None
         if bulk is not None:
             await bulk(True)
         try:
-            await self._apply_pipelined(planned, fetch, outcome,
-                                        overlap=len(planned) >= BULK_ROUND)
+            if big:
+                feed = _Feed(_chunks(planned), self._planner(more, outcome))
+                del planned  # the feed holds the chunks; each is dropped once applied
+                await self._apply_overlapped(feed, fetch, outcome)
+            else:
+                await self._apply_pipelined(planned, fetch, outcome)
         finally:
             if bulk is not None:
                 await bulk(False)
         self._report(outcome)
         return outcome
 
+    def _log_refused(self, refused: list[tuple[str, str]]) -> None:
+        for path, reason in refused:
+            log.warning("folder %s: refused remote entry %r: %s", self.id, path, reason)
+
+    def _planner(
+        self, more: More | None, outcome: BatchOutcome
+    ) -> Callable[[], list[Planned] | None] | None:
+        """`more`'s next entries, planned; None when no entries are waiting."""
+        if more is None:
+            return None
+
+        def planned() -> list[Planned] | None:
+            entries = more()
+            if not entries:
+                return None
+            refused = len(outcome.refused)
+            plan = self.plan(entries, outcome)
+            self._log_refused(outcome.refused[refused:])
+            return plan
+
+        return planned
+
     async def _apply_pipelined(
-        self, planned: list[Planned], fetch: Fetch, outcome: BatchOutcome, *,
-        overlap: bool = False,
+        self, planned: list[Planned], fetch: Fetch, outcome: BatchOutcome
     ) -> None:
-        """Chunk by chunk: the next chunk's content is fetched while this one is written.
-        With `overlap` (bulk rounds), see _apply_overlapped."""
+        """Chunk by chunk: the next chunk's content is fetched while this one is written."""
         chunks = _chunks(planned)
-        if overlap and len(chunks) > 1:
-            await self._apply_overlapped(chunks, fetch, outcome)
-            return
         loop = asyncio.get_running_loop()
         fetching = loop.create_task(fetch_all(self.id, chunks[0], fetch, outcome))
         try:
@@ -150,59 +179,65 @@ class RemoteApply(LocalChanges):
                 if self.recheck:  # what the watcher saw meanwhile, now against the records
                     held, self.recheck = list(self.recheck), set()
                     await self.scan_some(held)
-                log.debug("folder %s: chunk %d/%d of %d file(s): waited %.3f s for content, "
+                log.debug("folder %s: chunk %d of %d file(s): waited %.3f s for content, "
                           "applied in %.3f s (%.3f s of it on the CPU)", self.id, i + 1,
-                          len(chunks), len(chunk), started - waited,
-                          time.perf_counter() - started, cpu)
+                          len(chunk), started - waited, time.perf_counter() - started, cpu)
                 if changed:
                     await self._notify()
         finally:
             fetching.cancel()
 
-    async def _apply_overlapped(
-        self, chunks: list[list[Planned]], fetch: Fetch, outcome: BatchOutcome
-    ) -> None:
+    async def _apply_overlapped(self, feed: _Feed, fetch: Fetch, outcome: BatchOutcome) -> None:
         """A bulk round: chunk N+1 is decided and staged while chunk N is committed in
         another thread (syncfs, link into place, syncfs, record: mostly waiting for the
-        disk), and chunk N+2's content is fetched meanwhile. Each chunk in flight has its
-        own write-ahead note (intent slot). Two chunks overlap only when they share no
-        path and the first deletes nothing (a delete may remove a directory the next
+        disk), and chunk N+2's content is fetched meanwhile. The chunks come from `feed`,
+        which takes in further index batches as the round runs. Each chunk in flight has
+        its own write-ahead note (intent slot). Two chunks overlap only when they share
+        no path and the first deletes nothing (a delete may remove a directory the next
         chunk is writing into); otherwise the first is committed before the next is
         staged. The folder lock is held for the whole round: its watcher is paused then
         anyway, and the commit thread must never run without it."""
         loop = asyncio.get_running_loop()
-        fetching = loop.create_task(fetch_all(self.id, chunks[0], fetch, outcome))
+        chunk = feed.next()
+        if chunk is None:
+            return
+        fetching = loop.create_task(fetch_all(self.id, chunk, fetch, outcome))
         staging: asyncio.Future[_Chunk] | None = None
         committing: asyncio.Future[bool] | None = None
         pending: _Chunk | None = None  # staged, not handed to a commit yet
         last: _Chunk | None = None  # the chunk `committing` commits
+        number = 0
         async with self.lock:
             try:
                 await asyncio.to_thread(self._drop_stale_notes)
-                for i, chunk in enumerate(chunks):
+                while chunk is not None:
                     waited = time.perf_counter()
                     contents = await fetching
-                    if i + 1 < len(chunks):
+                    following = feed.next()
+                    if following is not None:
                         fetching = loop.create_task(
-                            fetch_all(self.id, chunks[i + 1], fetch, outcome))
+                            fetch_all(self.id, following, fetch, outcome))
                     waited = time.perf_counter() - waited
                     if committing is not None and last is not None and (
                             last.has_deletes
                             or not last.paths.isdisjoint(p.remote.path for p in chunk)):
-                        await self._committed(committing, last, len(chunks))
+                        await self._committed(committing, last)
                         committing = None
                     staging = loop.run_in_executor(None, self._stage_chunk, chunk, contents,
-                                                   outcome, i % INTENT_SLOTS)
+                                                   outcome, number % INTENT_SLOTS)
                     # shielded: a cancelled await must not lose the thread's result
                     pending, staging = await asyncio.shield(staging), None
-                    pending.number, pending.waited = i + 1, waited
+                    number += 1
+                    pending.number, pending.waited = number, waited
+                    del contents
                     if committing is not None and last is not None:
-                        await self._committed(committing, last, len(chunks))
+                        await self._committed(committing, last)
                         committing = None
                     last, pending = pending, None
                     committing = loop.run_in_executor(None, self._commit_chunk, last, outcome)
+                    chunk = following
                 if committing is not None and last is not None:
-                    await self._committed(committing, last, len(chunks))
+                    await self._committed(committing, last)
                     committing = None
             finally:
                 fetching.cancel()
@@ -229,13 +264,12 @@ class RemoteApply(LocalChanges):
             fsio.abort([st for st, _ in pending.staged])
             self._mark_applying(pending.slot, None)
 
-    async def _committed(self, committing: asyncio.Future[bool], chunk: _Chunk,
-                         chunks: int) -> None:
+    async def _committed(self, committing: asyncio.Future[bool], chunk: _Chunk) -> None:
         """Wait for a chunk's commit; log its timings and wake the senders."""
         changed = await asyncio.shield(committing)
-        log.debug("folder %s: chunk %d/%d of %d file(s): waited %.3f s for content, "
+        log.debug("folder %s: chunk %d of %d file(s): waited %.3f s for content, "
                   "applied in %.3f s (%.3f s of it on the CPU)", self.id, chunk.number,
-                  chunks, len(chunk.decided), chunk.waited, chunk.seconds, chunk.cpu)
+                  len(chunk.decided), chunk.waited, chunk.seconds, chunk.cpu)
         if changed:
             await self._notify()
 
@@ -509,6 +543,7 @@ class RemoteApply(LocalChanges):
             self.reverts.discard(rec.version.path)
             outcome.applied.append(rec.version.path)
             outcome.applied_hlc.append(rec.version.hlc)
+        self.applied_total += len(done)
 
     # --- receive-only folders: restoring the cluster's version ------------------------
 
@@ -587,9 +622,31 @@ def _conflict_key(loser: FileVersion, winner: FileVersion) -> tuple[str, str, st
     return (loser.path, loser.hash, winner.hash, winner.deleted)
 
 
-def _chunks(planned: list[Planned]) -> list[list[Planned]]:
+def _chunks(planned: list[Planned], first: int = FIRST_CHUNK) -> list[list[Planned]]:
     """A small first chunk, so writing starts while the next ones are still fetched,
     then APPLY_CHUNK at a time (each chunk pays two syncfs and one transaction)."""
-    chunks = [planned[:FIRST_CHUNK]]
-    chunks += [planned[i : i + APPLY_CHUNK] for i in range(FIRST_CHUNK, len(planned), APPLY_CHUNK)]
+    chunks = [planned[:first]]
+    chunks += [planned[i : i + APPLY_CHUNK] for i in range(first, len(planned), APPLY_CHUNK)]
     return chunks
+
+
+class _Feed:
+    """A bulk round's chunks, handed out as its pipeline needs them: the planned entries
+    it began with, then those of each index batch it takes in meanwhile (`more`, already
+    planned). A batch is cut into chunks of its own: a path appears once in a batch, but
+    may again in a later one, and one chunk must not hold a path twice."""
+
+    def __init__(self, chunks: list[list[Planned]],
+                 more: Callable[[], list[Planned] | None] | None) -> None:
+        self._chunks = deque(c for c in chunks if c)
+        self._more = more
+
+    def next(self) -> list[Planned] | None:
+        """The next chunk; None when the round has nothing more waiting."""
+        while not self._chunks and self._more is not None:
+            planned = self._more()
+            if planned is None:
+                break
+            if planned:
+                self._chunks.extend(_chunks(planned, APPLY_CHUNK))
+        return self._chunks.popleft() if self._chunks else None

@@ -1,11 +1,14 @@
-"""Index batches waiting in a link's inbox merge into one apply round (pure logic)."""
+"""Index batches waiting in a link's inbox merge into one apply round, and a running
+round takes in the batches that follow on from it (pure logic)."""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
+from dagsync import folder_link
 from dagsync import protocol as p
 from dagsync.clock import VersionVector
+from dagsync.folder_link import Round
 from dagsync.model import FileVersion, Kind
 from dagsync.peer import FolderLink, _coalesce
 
@@ -54,6 +57,52 @@ def test_a_gap_stops_merging_and_the_batch_after_it_is_held() -> None:
     assert (merged.from_seq, merged.last_seq) == (0, 3)
     assert [e.path for e in merged.entries] == ["a.py", "b.py"]
     assert lk.held is after_gap and lk.inbox.qsize() == 1
+
+
+def test_a_running_round_takes_in_the_batches_that_follow_it() -> None:
+    lk = link()
+    first = index(0, 2, version("a.py", 1), version("x.py", 2))
+    rnd = Round(lk, first)
+    assert rnd.more() == ()  # nothing waiting yet: the round may end
+    second = index(2, 4, version("b.py", 3), version("a.py", 4))
+    lk.inbox.put_nowait(second)
+    lk.inbox.put_nowait(index(4, 5, caught_up=True))  # "caught up", no entries
+    lk.inbox.put_nowait(index(5, 6, version("c.py", 6)))
+    assert rnd.more() == second.entries
+    assert (rnd.last_seq, rnd.caught_up) == (4, False)
+    assert [e.path for e in rnd.more()] == ["c.py"]  # the empty batch is passed over
+    assert (rnd.last_seq, rnd.caught_up) == (6, False)
+    assert rnd.more() == ()
+    # every entry the round covered, for the echo notes it may forget afterwards
+    assert [(e.path, e.hlc) for e in rnd.entries()] == [
+        ("a.py", 1), ("x.py", 2), ("b.py", 3), ("a.py", 4), ("c.py", 6)]
+    assert set(lk.echo) == {"b.py", "a.py", "c.py"}  # taken-in versions: never sent back
+    assert lk.echo["a.py"].hlc == 4
+
+
+def test_a_round_takes_in_no_batch_after_a_gap_and_holds_it() -> None:
+    lk = link()
+    rnd = Round(lk, index(0, 2, version("a.py", 2)))
+    after_gap = index(9, 12, version("z.py", 12))
+    lk.inbox.put_nowait(after_gap)
+    lk.inbox.put_nowait(index(12, 13, version("y.py", 13)))
+    assert rnd.more() == ()
+    assert lk.held is after_gap and lk.inbox.qsize() == 1
+    assert rnd.last_seq == 2
+    assert rnd.more() == ()  # a held batch waits for a round of its own
+
+
+def test_a_round_stops_growing_at_its_limit(monkeypatch: Any) -> None:
+    """Progress is saved and acknowledged when a round ends: a long initial sync must
+    still end a round now and then."""
+    monkeypatch.setattr(folder_link, "GROW_ENTRIES", 3)
+    lk = link()
+    rnd = Round(lk, index(0, 2, version("a.py", 1), version("b.py", 2)))
+    lk.inbox.put_nowait(index(2, 3, version("c.py", 3)))
+    lk.inbox.put_nowait(index(3, 4, version("d.py", 4)))
+    assert [e.path for e in rnd.more()] == ["c.py"]
+    assert rnd.more() == ()
+    assert lk.inbox.qsize() == 1 and rnd.last_seq == 3
 
 
 def test_echo_notes_the_sender_will_never_consume_are_dropped() -> None:

@@ -114,6 +114,61 @@ async def test_bulk_round_lands_every_chunk_and_clears_its_notes(
     b.index.close()
 
 
+class ByHash(MemoryPeer):
+    """A peer that still holds every version it announced (content by hash)."""
+
+    async def fetch(self, v: FileVersion) -> bytes:
+        return self.contents[v.hash]
+
+    async def fetch_many(self, vs: list[FileVersion]) -> list[bytes | BaseException]:
+        return [self.contents[v.hash] for v in vs]
+
+
+async def test_a_bulk_round_takes_in_later_batches_as_it_runs(tmp_path: Path) -> None:
+    """An initial sync arrives as many index batches; the round that began with the
+    first applies the ones handed to it meanwhile (`more`) in the same pipeline: one
+    round (the watcher paused once), a path sent again in a later batch ends at its
+    later version, a delete in a later batch removes what an earlier one wrote."""
+    a, versions, data = await sender_with(tmp_path / "a", 1500)
+    first, second = versions[:700], versions[700:1400]
+    for i in (3, 4):  # edited after the first batch was sent
+        write(a.root / f"team_{i % 30}/dag_{i}.py", f"dag = {i}  # edited\n")
+    (a.root / "team_5/dag_5.py").unlink()
+    await a.scan()
+    third = [a.records[f"team_{i}/dag_{i}.py"].version for i in (3, 4, 5)] + versions[1400:]
+    assert sum(v.deleted for v in third) == 1
+    by_hash = {versions[i].hash: data[versions[i].path] for i in range(len(versions))}
+    by_hash.update({v.hash: (a.root / v.path).read_bytes() for v in third if not v.deleted})
+
+    b = make_folder(tmp_path / "b", "b")
+    await b.open()
+    bulk: list[bool] = []
+
+    async def on_bulk(starting: bool) -> None:
+        bulk.append(starting)
+
+    b.on_bulk = on_bulk
+    waiting = [second, third]
+    asked: list[int] = []
+
+    def more() -> list[FileVersion]:
+        asked.append(len(b.records))  # what had been recorded when the round asked
+        return waiting.pop(0) if waiting else []
+
+    outcome = await b.apply_batch(first, ByHash(by_hash), more=more)
+    assert outcome.failed == [] and outcome.refused == []
+    assert bulk == [True, False]
+    assert asked[0] < 700  # asked while its own chunks were still being applied
+    assert on_disk(b.root) == on_disk(a.root)
+    assert {p: r.version for p, r in b.records.items()} == {
+        p: r.version for p, r in a.records.items()}
+    assert intent_notes(b) in (["[]", "[]"], ["[]", None])
+    assert b.applying == set()
+    assert b.applied_total == 1500 + 3
+    a.index.close()
+    b.index.close()
+
+
 async def test_a_chunk_that_deletes_is_committed_before_the_next_writes(
     tmp_path: Path,
 ) -> None:
