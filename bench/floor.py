@@ -16,6 +16,14 @@ Interleaved in one invocation, on the corpus and nodes of bench/run.py (a):
             connection, the index exchange and the transfer of every file's content to
             B's memory, verified: everything but the apply.
 
+  --variant NAME:VAR=VALUE
+            the agent sync with VAR=VALUE in B's environment, as mode NAME: for an
+            experiment behind an environment switch, beside the agent in one invocation.
+
+Each run also gives the CPU time used: rsync's client, ssh and server side; for the
+dagsync modes, both agents (A from the sync's start, B whole, start-up included). On
+this 2-core machine wall time follows it: both tools keep about 1.2-1.5 cores busy.
+
 If `no-apply` alone is not well under rsync's time, no receiver-side apply change (a C
 extension for the write loop, a separate apply process, fewer syncfs) can bring the
 agent to 1.0x. Every process started is tracked and stopped by PID (bench/run.py).
@@ -106,8 +114,18 @@ def main() -> int:
     ap.add_argument("--source", choices=("head", "worktree"), default="head")
     ap.add_argument("--base", default=None, metavar="REV",
                     help="also time B running dagsync at this git revision (mode 'base')")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE",
+                    help="also time the agent with VAR=VALUE in B's environment, as mode "
+                         "NAME (an experiment behind an environment switch)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
     args = ap.parse_args()
+    variants: dict[str, dict[str, str]] = {}
+    for v in args.variant:
+        name, _, assignment = v.partition(":")
+        var, eq, value = assignment.partition("=")
+        if not (name and var and eq):
+            ap.error(f"--variant {v!r}: expected NAME:VAR=VALUE")
+        variants[name] = {var: value}
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     if args.fresh_fs:
@@ -116,6 +134,7 @@ def main() -> int:
     print(f"dagsync snapshot: {R.SNAPSHOT_INFO}", flush=True)
     base_src = base_snapshot(args.base, work / "src-base") if args.base else None
     modes = args.modes.split(",") + (["base"] if base_src and "base" not in args.modes else [])
+    modes += [name for name in variants if name not in modes]
     R.PROCS.pidfile = work / "pids-floor"
     atexit.register(R.PROCS.stop_all)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -130,12 +149,14 @@ def main() -> int:
     a, b, ref = R.initial_pair(base, corpus_dir)
     rsync_dst = base / "rsync-target"
     times: dict[str, list[float]] = {m: [] for m in ["rsync", *modes]}
+    cpu: dict[str, list[float]] = {m: [] for m in ["rsync", *modes]}
     try:
         for i in range(args.runs):
             R.empty_dir(rsync_dst)
-            t, _ = R.timed_rsync(sshd.rsync_cmd(a.dags, rsync_dst), base / "rsync.log",
-                                 sshd.pid)
+            t, cpu_s = R.timed_rsync(sshd.rsync_cmd(a.dags, rsync_dst), base / "rsync.log",
+                                     sshd.pid)
             times["rsync"].append(t)
+            cpu["rsync"].append(cpu_s)
 
             for mode in modes:
                 b.stop()
@@ -145,8 +166,10 @@ def main() -> int:
                 out.unlink(missing_ok=True)
                 b.env = {"no-apply": {"PYTHONPATH": os.fspath(probe_dir),
                                       "DAGSYNC_FLOOR_OUT": os.fspath(out)},
-                         "agent-py": {"DAGSYNC_NO_FASTIO": "1"}}.get(mode)
+                         "agent-py": {"DAGSYNC_NO_FASTIO": "1"}, **variants}.get(mode)
                 os.sync()
+                assert a.proc is not None
+                a_cpu0 = R.proc_cpu_s(a.proc.pid)
                 t0 = time.monotonic()
                 measured_src = R.DAGSYNC_SRC
                 if mode == "base":
@@ -161,16 +184,20 @@ def main() -> int:
                 else:
                     t = wait_chunks(out, len(ref), t0, b)
                 times[mode].append(t)
+                cpu[mode].append(R.agents_cpu_s([a, b]) - a_cpu0)  # both agents, B whole
             print(f"run {i + 1}/{args.runs}: "
-                  + ", ".join(f"{m} {xs[-1]:.3f} s" for m, xs in times.items()), flush=True)
+                  + ", ".join(f"{m} {xs[-1]:.3f} s ({cpu[m][-1]:.2f} s CPU)"
+                              for m, xs in times.items()), flush=True)
     finally:
         b.stop()
         a.stop()
         sshd.stop()
-    rs = statistics.median(times["rsync"])
+    rs, rs_cpu = statistics.median(times["rsync"]), statistics.median(cpu["rsync"])
     for mode, xs in times.items():
         print(f"{mode:9s} min {min(xs):.3f}  median {statistics.median(xs):.3f}  "
-              f"max {max(xs):.3f} s  median over rsync {statistics.median(xs) / rs:.2f}x")
+              f"max {max(xs):.3f} s  median over rsync {statistics.median(xs) / rs:.2f}x;  "
+              f"CPU median {statistics.median(cpu[mode]):.2f} s "
+              f"({statistics.median(cpu[mode]) / rs_cpu:.2f}x)")
     return 0
 
 
