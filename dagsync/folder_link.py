@@ -6,7 +6,6 @@ see next_index_batch), and building our next index batch for the peer."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -62,7 +61,6 @@ class Round:
         self.link = link
         self.first = first
         self.last_seq, self.caught_up = first.last_seq, first.caught_up
-        self.later: list[tuple[FileVersion, ...]] = []  # entries taken in by `more`
         self.taken = len(first.entries)
 
     def more(self) -> tuple[FileVersion, ...]:
@@ -79,15 +77,9 @@ class Round:
             self.caught_up = batch.caught_up
             if batch.entries:
                 link.echo.update((e.path, e) for e in batch.entries)
-                self.later.append(batch.entries)
                 self.taken += len(batch.entries)
                 return batch.entries
         return ()
-
-    def entries(self) -> Iterable[FileVersion]:
-        yield from self.first.entries
-        for batch in self.later:
-            yield from batch
 
 
 def _coalesce(link: FolderLink, msg: p.IndexFrame | p.Index) -> p.Index:
@@ -160,17 +152,23 @@ def drop_echoes(link: FolderLink, consumed: list[tuple[str, FileVersion]]) -> No
         link.echo = {}  # a dict keeps its largest table; this one held a whole index
 
 
-def _forget_echoes(link: FolderLink, entries: Iterable[FileVersion], applied: list[str]) -> None:
-    """Drop the echo notes the sender will never consume: entries we did not apply whose
-    path's record it has already sent. Kept, they would hold every version a peer ever
-    announced in memory (a whole index after an initial sync)."""
+def _forget_echoes(link: FolderLink, applied: list[str]) -> None:
+    """After a round: drop the echo notes the sender will never consume, those of paths
+    not applied in the round whose record it has already sent. Kept, they would hold
+    every version a peer ever announced in memory (a whole index after an initial sync).
+    The notes are looked through, not the round's entries: a round may take in a whole
+    initial sync, and keeping its entries alive to the end held ~3 MiB of them in memory
+    for good (docs/memory.md)."""
     done = set(applied)
     records = link.folder.records
-    for e in entries:
-        if e.path not in done:
-            seq = records.seq(e.path)
+    stale = []
+    for path in link.echo:
+        if path not in done:
+            seq = records.seq(path)
             if seq is None or seq <= link.sent_seq:
-                link.echo.pop(e.path, None)
+                stale.append(path)
+    for path in stale:
+        del link.echo[path]
     if not link.echo:
         link.echo = {}
 

@@ -351,7 +351,7 @@ class PeerConnection(PeerServing, PeerFetching):
             batches = Round(link, msg)
             outcome = await folder.apply_batch(msg.entries, fetch, more=batches.more)
             last_seq, caught_up = batches.last_seq, batches.caught_up
-            _forget_echoes(link, batches.entries(), outcome.applied)
+            _forget_echoes(link, outcome.applied)
             self.node.note_outcome(self, folder.id, outcome)
             if not outcome.complete:
                 link.failures += 1

@@ -73,9 +73,6 @@ def test_a_running_round_takes_in_the_batches_that_follow_it() -> None:
     assert [e.path for e in rnd.more()] == ["c.py"]  # the empty batch is passed over
     assert (rnd.last_seq, rnd.caught_up) == (6, False)
     assert rnd.more() == ()
-    # every entry the round covered, for the echo notes it may forget afterwards
-    assert [(e.path, e.hlc) for e in rnd.entries()] == [
-        ("a.py", 1), ("x.py", 2), ("b.py", 3), ("a.py", 4), ("c.py", 6)]
     assert set(lk.echo) == {"b.py", "a.py", "c.py"}  # taken-in versions: never sent back
     assert lk.echo["a.py"].hlc == 4
 
@@ -121,7 +118,7 @@ def test_echo_notes_the_sender_will_never_consume_are_dropped() -> None:
                     their_max_seq=0, sent_seq=15, processed_seq=0)
     entries = [version(p, 1) for p in ("sent.py", "unsent.py", "applied.py", "unknown.py")]
     lk.echo.update((e.path, e) for e in entries)
-    _forget_echoes(lk, entries, applied=["applied.py"])
+    _forget_echoes(lk, applied=["applied.py"])
     assert sorted(lk.echo) == ["applied.py", "unsent.py"]
 
 
