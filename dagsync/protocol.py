@@ -371,7 +371,7 @@ def _index_header(d: dict[str, Any], body: bytes = b"") -> IndexFrame:
     """An Index's header fields, checked; `body` is kept as the frame's entries."""
     raw = d.get("entries")
     if not isinstance(raw, list) or len(raw) > MAX_INDEX_ENTRIES:
-        raise ProtocolError(f"index: entries must be a list of at most {MAX_INDEX_ENTRIES}")
+        raise ProtocolError(_TOO_MANY)
     caught_up = d.get("caught_up")
     if not isinstance(caught_up, bool):
         raise ProtocolError("index: caught_up must be a boolean")
@@ -419,14 +419,26 @@ class _EntryReader:
 
     def __init__(self) -> None:
         self.shared: dict[Any, Any] = {}
+        self.left = MAX_INDEX_ENTRIES  # objects past it: a hostile batch, parsed no further
 
     def __call__(self, d: dict[str, Any]) -> Any:
         if "entries" in d:
             return d
+        self.left -= 1
+        if self.left < 0:
+            raise _TooManyEntries
         try:
             return FileVersion.from_wire(d, self.shared)
         except ValueError as exc:
             return _BadEntry(str(exc))
+
+
+class _TooManyEntries(Exception):
+    """Raised out of json.loads by _EntryReader (not a ValueError: that would read as
+    invalid JSON)."""
+
+
+_TOO_MANY = f"index: entries must be a list of at most {MAX_INDEX_ENTRIES}"
 
 
 def _index_object(body: bytes) -> dict[str, Any]:
@@ -437,6 +449,8 @@ def _index_object(body: bytes) -> dict[str, Any]:
         d = json.loads(body, object_hook=_EntryReader())
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProtocolError("Index: body is not valid JSON") from None
+    except _TooManyEntries:
+        raise ProtocolError(_TOO_MANY) from None
     if isinstance(d, dict):
         return d
     return _json_object(Index, body)  # a hostile body: parsed plainly, for the same errors

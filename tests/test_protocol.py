@@ -571,6 +571,29 @@ def test_malformed_body_is_a_protocol_error(code: int, body: bytes) -> None:
     assert s.closed
 
 
+def test_a_hostile_index_is_parsed_no_further_than_its_entry_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer may send MAX_JSON bytes of entries, many times the limit: refused after
+    the first MAX_INDEX_ENTRIES + 1, not after each became a version."""
+    from dagsync.model import FileVersion
+
+    built = 0
+    from_wire = FileVersion.from_wire.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type, d: Any, shared: Any = None) -> FileVersion:
+        nonlocal built
+        built += 1
+        return from_wire(cls, d, shared)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(FileVersion, "from_wire", classmethod(counting))
+    body = json.dumps(_index([GOOD_ENTRY] * (8 * p.MAX_INDEX_ENTRIES))).encode()
+    assert len(body) <= p.MAX_JSON
+    with pytest.raises(ProtocolError, match="at most"):
+        p.decode_body(2, body)
+    assert built <= p.MAX_INDEX_ENTRIES
+
+
 def test_index_of_exactly_max_entries_is_accepted() -> None:
     entries = [_entry(p=f"f{i}") for i in range(p.MAX_INDEX_ENTRIES)]
     msg = decoded(p.decode_body(2, json.dumps(_index(entries)).encode()))
@@ -656,10 +679,16 @@ def test_no_bytes_as_the_first_message_raise_anything_but_protocol_error(data: b
     _feed_expecting_only_protocol_errors(p.Session(), data)
 
 
+def _json_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    # a def, not a multi-line lambda: hypothesis reads the source of `extend` to check
+    # it recurses, and a lambda's lines are easy to misread
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                         max_size=4)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                 max_size=4),
+    _json_containers,
     max_leaves=6,
 )
 FIELD_NAMES = ["node", "folders", "hlc", "wall_ms", "protocol", "software", "folder",
