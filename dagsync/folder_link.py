@@ -59,7 +59,6 @@ class Round:
 
     def __init__(self, link: FolderLink, first: p.Index) -> None:
         self.link = link
-        self.first = first
         self.last_seq, self.caught_up = first.last_seq, first.caught_up
         self.taken = len(first.entries)
 

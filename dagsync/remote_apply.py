@@ -179,9 +179,8 @@ class RemoteApply(LocalChanges):
                 if self.recheck:  # what the watcher saw meanwhile, now against the records
                     held, self.recheck = list(self.recheck), set()
                     await self.scan_some(held)
-                log.debug("folder %s: chunk %d of %d file(s): waited %.3f s for content, "
-                          "applied in %.3f s (%.3f s of it on the CPU)", self.id, i + 1,
-                          len(chunk), started - waited, time.perf_counter() - started, cpu)
+                self._log_chunk(i + 1, len(chunk), started - waited,
+                                time.perf_counter() - started, cpu)
                 if changed:
                     await self._notify()
         finally:
@@ -267,11 +266,17 @@ class RemoteApply(LocalChanges):
     async def _committed(self, committing: asyncio.Future[bool], chunk: _Chunk) -> None:
         """Wait for a chunk's commit; log its timings and wake the senders."""
         changed = await asyncio.shield(committing)
-        log.debug("folder %s: chunk %d of %d file(s): waited %.3f s for content, "
-                  "applied in %.3f s (%.3f s of it on the CPU)", self.id, chunk.number,
-                  len(chunk.decided), chunk.waited, chunk.seconds, chunk.cpu)
+        self._log_chunk(chunk.number, len(chunk.decided), chunk.waited, chunk.seconds,
+                        chunk.cpu)
         if changed:
             await self._notify()
+
+    def _log_chunk(self, number: int, files: int, waited: float, seconds: float,
+                   cpu: float) -> None:
+        """A chunk's timings at debug level (bench/profile.py chunks reads them)."""
+        log.debug("folder %s: chunk %d of %d file(s): waited %.3f s for content, "
+                  "applied in %.3f s (%.3f s of it on the CPU)", self.id, number, files,
+                  waited, seconds, cpu)
 
     def _apply_timed(
         self, planned: list[Planned], contents: dict[str, bytes], outcome: BatchOutcome
@@ -419,8 +424,7 @@ class RemoteApply(LocalChanges):
                 else:
                     item = self._apply_one(action, result, contents, pending)
             except PathRefused as exc:
-                outcome.refused.append((result.path, str(exc)))
-                log.warning("folder %s: refused remote entry %r: %s", self.id, result.path, exc)
+                self._refuse(outcome, result.path, exc)
                 continue
             except ContentMissing:
                 # The ordinary race: the file changed on the peer after it announced this
@@ -433,20 +437,24 @@ class RemoteApply(LocalChanges):
                     outcome.failed.append((result.path, "content not available"))
                 continue
             except OSError as exc:
-                outcome.failed.append((result.path, exc.strerror or str(exc)))
-                log.error("folder %s: cannot apply %s: %s", self.id, result.path,
-                          exc.strerror or exc)
+                self._fail(outcome, result.path, exc)
                 continue
             if item is not None:
                 done.append(item)
         for result, why in self._stage(pending, staged, dirs):
             if isinstance(why, PathRefused):
-                outcome.refused.append((result.path, str(why)))
-                log.warning("folder %s: refused remote entry %r: %s", self.id, result.path, why)
+                self._refuse(outcome, result.path, why)
             else:
-                outcome.failed.append((result.path, why.strerror or str(why)))
-                log.error("folder %s: cannot apply %s: %s", self.id, result.path,
-                          why.strerror or why)
+                self._fail(outcome, result.path, why)
+
+    def _refuse(self, outcome: BatchOutcome, path: str, why: PathRefused) -> None:
+        outcome.refused.append((path, str(why)))
+        self._log_refused([(path, str(why))])
+
+    def _fail(self, outcome: BatchOutcome, path: str, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        outcome.failed.append((path, reason))
+        log.error("folder %s: cannot apply %s: %s", self.id, path, reason)
 
     def _stage(
         self,

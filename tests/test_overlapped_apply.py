@@ -7,6 +7,7 @@ real agent."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import sqlite3
@@ -165,6 +166,32 @@ async def test_a_bulk_round_takes_in_later_batches_as_it_runs(tmp_path: Path) ->
     assert intent_notes(b) in (["[]", "[]"], ["[]", None])
     assert b.applying == set()
     assert b.applied_total == 1500 + 3
+    a.index.close()
+    b.index.close()
+
+
+async def test_a_batch_taken_in_mid_round_is_screened_like_the_first(
+    tmp_path: Path,
+) -> None:
+    """SPEC guarantee 8 for the batches a bulk round takes in while it runs: hostile
+    paths among them are refused and nothing lands outside the folder; the rest lands."""
+    a, versions, data = await sender_with(tmp_path / "a", 1200)
+    hostile = [dataclasses.replace(versions[0], path=bad)
+               for bad in ("../escape.py", "/etc/escape.py", "team_1/../../escape.py")]
+    b = make_folder(tmp_path / "b", "b")
+    await b.open()
+    waiting = [hostile + versions[700:]]
+
+    def more() -> list[FileVersion]:
+        return waiting.pop(0) if waiting else []
+
+    outcome = await b.apply_batch(versions[:700], ByHash(
+        {v.hash: data[v.path] for v in versions}), more=more)
+    assert sorted(path for path, _ in outcome.refused) == sorted(v.path for v in hostile)
+    assert outcome.failed == []
+    assert on_disk(b.root) == on_disk(a.root)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["dags", "state"]
+    assert not (tmp_path / "escape.py").exists()
     a.index.close()
     b.index.close()
 
