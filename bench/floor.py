@@ -17,8 +17,9 @@ Interleaved in one invocation, on the corpus and nodes of bench/run.py (a):
             B's memory, verified: everything but the apply.
 
   --variant NAME:VAR=VALUE
-            the agent sync with VAR=VALUE in B's environment, as mode NAME: for an
-            experiment behind an environment switch, beside the agent in one invocation.
+            the agent sync with VAR=VALUE in the environment of both agents (A is
+            restarted when its environment must change), as mode NAME: for an experiment
+            behind an environment switch, beside the agent in one invocation.
 
 Each run also gives the CPU time used: rsync's client, ssh and server side; for the
 dagsync modes, both agents (A from the sync's start, B whole, start-up included). On
@@ -89,6 +90,46 @@ def base_snapshot(rev: str, dst: Path) -> Path:
     return out
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (all cores, kernel threads included)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / R.CLK_TCK  # all but idle and iowait
+
+
+def all_cpu_ticks() -> dict[int, tuple[str, int]]:
+    """utime + stime of every process and kernel thread now alive, by pid, with its
+    name (a kernel worker's name changes with the work it is doing)."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    head, _, rest = f.read().rpartition(")")
+            except OSError:
+                continue
+            fields = rest.split()
+            out[int(d)] = head.partition("(")[2], int(fields[11]) + int(fields[12])
+    return out
+
+
+def top_others(before: dict[int, tuple[str, int]], skip: set[int], n: int = 4) -> str:
+    """The processes besides `skip` that used the most CPU since `before`."""
+    used: dict[str, int] = {}
+    for pid, (name, ticks) in all_cpu_ticks().items():
+        if pid not in skip:
+            name = name.split("/")[0].split(":")[0]
+            used[name] = used.get(name, 0) + ticks - before.get(pid, ("", 0))[1]
+    top = sorted(used.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{name} {t / R.CLK_TCK:.2f}" for name, t in top if t > 0)
+
+
+def user_sys_s(pid: int) -> tuple[float, float]:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / R.CLK_TCK, int(fields[12]) / R.CLK_TCK
+
+
 def wait_chunks(path: Path, want: int, t0: float, b: R.Node, timeout: float = 300) -> float:
     """Seconds from t0 until B noted `want` files' content in hand."""
     deadline = time.monotonic() + timeout
@@ -115,9 +156,12 @@ def main() -> int:
     ap.add_argument("--base", default=None, metavar="REV",
                     help="also time B running dagsync at this git revision (mode 'base')")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE",
-                    help="also time the agent with VAR=VALUE in B's environment, as mode "
+                    help="also time the agent with VAR=VALUE in both agents' environment, as mode "
                          "NAME (an experiment behind an environment switch)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
+    ap.add_argument("--split", action="store_true",
+                    help="per run, also print the machine's busy CPU (all processes and "
+                         "kernel threads) and each agent's user/system CPU")
     args = ap.parse_args()
     variants: dict[str, dict[str, str]] = {}
     for v in args.variant:
@@ -153,10 +197,14 @@ def main() -> int:
     try:
         for i in range(args.runs):
             R.empty_dir(rsync_dst)
+            busy0, ticks0 = machine_busy_s(), all_cpu_ticks()
             t, cpu_s = R.timed_rsync(sshd.rsync_cmd(a.dags, rsync_dst), base / "rsync.log",
                                      sshd.pid)
             times["rsync"].append(t)
             cpu["rsync"].append(cpu_s)
+            if args.split:
+                print(f"  rsync: machine busy {machine_busy_s() - busy0:.2f} s; "
+                      f"top: {top_others(ticks0, {os.getpid()})}", flush=True)
 
             for mode in modes:
                 b.stop()
@@ -167,9 +215,16 @@ def main() -> int:
                 b.env = {"no-apply": {"PYTHONPATH": os.fspath(probe_dir),
                                       "DAGSYNC_FLOOR_OUT": os.fspath(out)},
                          "agent-py": {"DAGSYNC_NO_FASTIO": "1"}, **variants}.get(mode)
+                if a.env != variants.get(mode):  # a variant switches the sender too
+                    a.stop()
+                    a.env = variants.get(mode)
+                    a.start()
+                    a.wait_ready()
                 os.sync()
                 assert a.proc is not None
                 a_cpu0 = R.proc_cpu_s(a.proc.pid)
+                a_us0 = user_sys_s(a.proc.pid)
+                busy0, ticks0 = machine_busy_s(), all_cpu_ticks()
                 t0 = time.monotonic()
                 measured_src = R.DAGSYNC_SRC
                 if mode == "base":
@@ -185,6 +240,15 @@ def main() -> int:
                     t = wait_chunks(out, len(ref), t0, b)
                 times[mode].append(t)
                 cpu[mode].append(R.agents_cpu_s([a, b]) - a_cpu0)  # both agents, B whole
+                if args.split:
+                    assert b.proc is not None
+                    (au, as_), (au0, as0) = user_sys_s(a.proc.pid), a_us0
+                    au, as_ = au - au0, as_ - as0
+                    bu, bs = user_sys_s(b.proc.pid)
+                    print(f"  {mode}: machine busy {machine_busy_s() - busy0:.2f} s; "
+                          f"A user {au:.2f} sys {as_:.2f}; B user {bu:.2f} sys {bs:.2f}; "
+                          f"others: {top_others(ticks0, {os.getpid(), a.proc.pid, b.proc.pid})}",
+                          flush=True)
             print(f"run {i + 1}/{args.runs}: "
                   + ", ".join(f"{m} {xs[-1]:.3f} s ({cpu[m][-1]:.2f} s CPU)"
                               for m, xs in times.items()), flush=True)
