@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-
-import pathspec
+from typing import TYPE_CHECKING
 
 from dagsync.paths import is_temp_name as _is_temp_name
+
+if TYPE_CHECKING:
+    import pathspec
 
 # Editor droppings, VCS metadata and bytecode. "#*#" (Emacs autosave) is written with an
 # escaped "#": unescaped, gitignore reads the line as a comment.
@@ -64,17 +66,22 @@ def _literal(text: str) -> str | None:
 class IgnoreMatcher:
     """Built-in ignores + dagsync temp names + `patterns` (gitignore syntax)."""
 
-    __slots__ = ("_exact_names", "_others", "_pairs", "_prefixes", "_spec", "_suffixes")
+    __slots__ = ("_exact_names", "_lines", "_others", "_pairs", "_prefixes", "_spec_",
+                 "_suffixes")
 
     def __init__(self, patterns: Sequence[str] = ()) -> None:
-        lines = [*BUILTIN_IGNORES, *patterns]
-        self._spec = pathspec.GitIgnoreSpec.from_lines(lines)
+        self._lines = [*BUILTIN_IGNORES, *patterns]
+        self._spec_: pathspec.GitIgnoreSpec | None = None
         exact: set[str] = set()
         prefixes: list[str] = []
         suffixes: list[str] = []
         pairs: list[tuple[str, str]] = []
         others: list[str] = []
-        for pat in self._spec.patterns:
+        if not patterns:  # the built-ins are all simple: no pathspec needed to sort them
+            for line in BUILTIN_IGNORES:
+                if not self._classify(line, exact, prefixes, suffixes, pairs):
+                    raise AssertionError(f"built-in ignore {line!r} is not a simple pattern")
+        for pat in self._spec.patterns if patterns else ():
             if pat.include is not True or pat.regex is None:
                 continue  # comments, blanks and negations can never make a path ignored
             raw = getattr(pat, "pattern", None)
@@ -85,6 +92,18 @@ class IgnoreMatcher:
         self._suffixes = tuple(suffixes)
         self._pairs = tuple(pairs)
         self._others = re.compile("|".join(f"(?:{o})" for o in others)) if others else None
+
+    @property
+    def _spec(self) -> pathspec.GitIgnoreSpec:
+        """The exact gitignore evaluation, built when first needed: importing pathspec
+        and compiling the patterns cost an agent ~15 ms of start-up, and a folder with
+        no patterns of its own needs it only once a name looks like a built-in ignore
+        (a new node's initial sync never does)."""
+        if self._spec_ is None:
+            import pathspec
+
+            self._spec_ = pathspec.GitIgnoreSpec.from_lines(self._lines)
+        return self._spec_
 
     @staticmethod
     def _classify(

@@ -154,3 +154,32 @@ def test_matching_is_fast() -> None:
     elapsed = time.perf_counter() - start
     assert hits == 0
     assert elapsed < 1.0, elapsed
+
+
+def test_builtins_alone_are_sorted_without_pathspec_and_answer_the_same() -> None:
+    """With no user patterns the built-ins are sorted by hand (pathspec is imported only
+    once a name looks like one): the answers are those of the pathspec-parsed lines."""
+    by_hand, parsed = IgnoreMatcher(), IgnoreMatcher(["# a comment: no pattern"])
+    paths = [("dags/__pycache__", True), ("__pycache__", False), ("a/x.pyc", False),
+             ("a/.git/config", False), ("b/#x#", False), ("#", False), ("4913", False),
+             ("sub/4913", True), ("dag.py~", False), (".#dag.py", False), ("a.py", False),
+             ("x.pyc.py", False), (".svn", True), (".svn", False), ("q/.DS_Store", False)]
+    for path, is_dir in paths:
+        assert by_hand.ignored(path, is_dir) == parsed.ignored(path, is_dir), path
+
+
+def test_pathspec_is_imported_only_when_a_name_may_be_ignored() -> None:
+    """An agent's start-up (and a new node's whole initial sync) goes without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from dagsync.ignore import IgnoreMatcher\n"
+        "m = IgnoreMatcher()\n"
+        "assert not m.ignored('dags/sales/etl.py', False) and m.clean_dir('dags/sales')\n"
+        "assert 'pathspec' not in sys.modules\n"
+        "assert m.ignored('dags/__pycache__/etl.cpython-311.pyc', False)\n"
+        "assert 'pathspec' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
