@@ -169,8 +169,7 @@ class FolderEngine(RemoteApply, LocalChanges):
         self, path: str, want_hash: str, offset: int, size: int, dirs: fsio.Dirs | None = None
     ) -> bytes | None:
         """Content for a peer's Request, or None when we no longer hold that version."""
-        v = self.version(path)
-        if v is None or v.deleted or v.hash != want_hash or v.kind is not Kind.FILE:
+        if self.records.file_hash(path) != want_hash:
             return None
         return fsio.read_range(self.root, path, offset, size, dirs)
 

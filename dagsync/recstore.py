@@ -191,6 +191,21 @@ class RecordStore(MutableMapping[str, Record]):
             mode = _MODE.unpack_from(self._buf, start + _MODE_AT)[0]
             return LocalStat(size, mtime_ns, inode, mode)
 
+    def file_hash(self, path: str) -> str | None:
+        """The content hash of a live regular file's record, else None, without building
+        the record: serving a peer's read checks it for every file it sends."""
+        with self._lock:
+            start = self._record_at(path)
+            if start < 0:
+                return None
+            head = _HEAD.unpack_from(self._buf, start)
+            kind, flags, npairs, hlen = head[0], head[1], head[11], head[12]
+            if flags & _DELETED or _KINDS[kind] is not Kind.FILE:
+                return None
+            at = start + _HEAD.size + npairs * _PAIR.size
+            hsh = bytes(self._buf[at : at + hlen])
+        return hsh.hex() if flags & _HEX_HASH else hsh.decode("utf-8", "surrogateescape")
+
     # --- the table ---------------------------------------------------------------
 
     def _find(self, path: str, key: bytes) -> tuple[int, int]:

@@ -45,6 +45,10 @@ def test_a_record_comes_back_equal_with_the_versions_mode_in_its_stat(rec: Recor
                                      rec.version.mode)
     live = rec.stat is not None and not rec.version.deleted
     assert store.stat(rec.version.path) == (got.stat if live else None)
+    v = rec.version
+    assert store.file_hash(v.path) == (v.hash if v.kind is Kind.FILE and not v.deleted
+                                       else None)
+    assert store.file_hash(v.path + "/nope") is None
 
 
 def test_mapping_behaviour() -> None:
