@@ -105,16 +105,24 @@ def _coalesce(link: FolderLink, msg: p.IndexFrame | p.Index) -> p.Index:
 SEND_READ = 250  # records read from the index at a time while building a batch
 
 
+# Entries in the first index batch of a connection. A peer starts applying only once a
+# whole batch is in: built, sent, checked and planned, a full one (MAX_INDEX_ENTRIES)
+# kept a new node waiting ~50 ms longer at the start of an initial sync. Still a bulk
+# round (remote_apply.BULK_ROUND), which takes in the full batches that follow.
+FIRST_BATCH_ENTRIES = 600
+
+
 def next_index_batch(
-    index: Index, link: FolderLink, start: int
+    index: Index, link: FolderLink, start: int, limit: int | None = None
 ) -> tuple[p.IndexFrame | None, list[tuple[str, FileVersion]]]:
     """Our next Index batch for this peer: records after `start`, minus what it sent us
-    itself (echoes) and what the folder does not publish; None when nothing is newer.
+    itself (echoes) and what the folder does not publish, at most `limit` entries (else
+    MAX_INDEX_ENTRIES); None when nothing is newer.
     Runs in a worker thread and reads the index a few hundred records at a time, so a
     batch never exists as thousands of objects at once (see IndexBuilder). Also returns
     the echo notes it looked at: the caller drops them on the event loop (drop_echoes)."""
     folder = link.folder
-    builder = p.IndexBuilder()
+    builder = p.IndexBuilder(limit)
     consumed: list[tuple[str, FileVersion]] = []
     last = start
     while not builder.full:

@@ -20,6 +20,7 @@ from dagsync import protocol as p
 from dagsync.errors import PeerClosed, ProtocolError, TransportError
 from dagsync.folder_link import (
     COALESCE_ENTRIES,
+    FIRST_BATCH_ENTRIES,
     FolderLink,
     Round,
     _coalesce,
@@ -298,11 +299,13 @@ class PeerConnection(PeerServing, PeerFetching):
         """Send our index from where the peer is, then every new record as it lands."""
         folder = link.folder
         announced_caught_up = False
+        limit: int | None = FIRST_BATCH_ENTRIES
         while True:
             link.wake_sender.clear()
             start = link.sent_seq
             frame, consumed = await asyncio.to_thread(
-                next_index_batch, self.node.index, link, start)
+                next_index_batch, self.node.index, link, start, limit)
+            limit = None
             drop_echoes(link, consumed)
             if frame is not None:
                 await self._send_drained(frame)

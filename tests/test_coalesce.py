@@ -220,3 +220,22 @@ def test_a_full_index_batch_ends_at_the_last_record_it_took(tmp_path: Any,
     assert second is not None and second.from_seq == 260
     assert second.decode().entries[0].path == "p260.py"
     ix.close()
+
+
+def test_a_limited_index_batch_stops_at_its_limit_and_the_next_goes_on(tmp_path: Any) -> None:
+    """The first batch of a connection is short (FIRST_BATCH_ENTRIES), so a new node
+    starts applying sooner; the batches after it are full again and cover the rest."""
+    from dagsync import folder_link
+
+    ix, lk = _sending_link(tmp_path)
+    first, _ = folder_link.next_index_batch(ix, lk, 0, limit=250)
+    assert first is not None and (first.count, first.last_seq, first.caught_up) == (250, 250,
+                                                                                     False)
+    rest, _ = folder_link.next_index_batch(ix, lk, first.last_seq)
+    assert rest is not None and (rest.from_seq, rest.count, rest.caught_up) == (250, 350, True)
+    assert [e.path for e in rest.decode().entries][:1] == ["p250.py"]
+    from dagsync.remote_apply import BULK_ROUND
+
+    # an initial sync's first round is still a bulk one, which takes in the batches after
+    assert BULK_ROUND <= folder_link.FIRST_BATCH_ENTRIES <= p.MAX_INDEX_ENTRIES
+    ix.close()

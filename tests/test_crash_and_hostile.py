@@ -88,12 +88,12 @@ def _entry(path: str, data: bytes = b"x", target: str = "", kind: Kind = Kind.FI
 
 
 async def _hostile_session(node: TestNode, key: asyncssh.SSHKey, entries: list[FileVersion],
-                           tail: bytes = b"") -> bytes:
+                           tail: bytes = b"", malformed: dict[str, Any] | None = None) -> bytes:
     conn, stdin, stdout = await _open_raw(node, "evil", key)
     session = p.Session()
     stdin.write(session.send(p.Hello(node="evil", folders={"dags": p.FolderOffer(7, 100)},
                                      hlc=1, wall_ms=int(time.time() * 1000))))
-    raw = entries_to_wire(entries)
+    raw = entries_to_wire(entries, malformed)
     stdin.write(struct.pack(">IB", len(raw) + 1, 2) + raw)
     if tail:
         stdin.write(tail)
@@ -119,11 +119,14 @@ def _parse(session: p.Session, data: bytes) -> list[p.Message]:
         return []
 
 
-def entries_to_wire(entries: list[FileVersion]) -> bytes:
+def entries_to_wire(entries: list[FileVersion], malformed: dict[str, Any] | None = None) -> bytes:
+    """An Index body of `entries`, with `malformed` (an entry no version could come
+    from) after them."""
     import json
 
+    wire = [e.to_wire() for e in entries] + ([malformed] if malformed is not None else [])
     return json.dumps({"folder": "dags", "index_id": 7, "last_seq": 100, "caught_up": True,
-                       "entries": [e.to_wire() for e in entries]}).encode()
+                       "entries": wire}).encode()
 
 
 def test_unpinned_key_is_refused(cluster: Any) -> None:
@@ -160,6 +163,10 @@ def test_hostile_peer_is_refused_and_agent_keeps_serving(cluster: Any, tmp_path:
         _entry("abs_link", target="/etc/passwd", kind=Kind.SYMLINK),
     ]
     asyncio.run(_hostile_session(a, evil_key, hostile))
+    # A batch with one malformed entry is refused whole: its good entries never land.
+    bad_size = {**_entry("fine_but_in_a_bad_batch.py").to_wire(), "p": "bad.py", "s": -1}
+    asyncio.run(_hostile_session(a, evil_key, [_entry("fine_but_in_a_bad_batch.py")],
+                                 malformed=bad_size))
     # Oversize frame and an unknown message type: the connection is closed.
     asyncio.run(_hostile_session(a, evil_key, [], tail=struct.pack(">IB", 2**31, 2)))
     asyncio.run(_hostile_session(a, evil_key, [], tail=struct.pack(">IB", 1, 99)))
@@ -169,6 +176,7 @@ def test_hostile_peer_is_refused_and_agent_keeps_serving(cluster: Any, tmp_path:
     log = a.log.read_text()
     assert log.count("refused remote entry") >= len(hostile) - 1
     assert "frame length" in log and "unknown message type" in log
+    assert "index: bad size for 'bad.py'" in log
     # The agent still serves honest peers.
     write(a.dags / "honest.py", "ok = 1\n")
     b.start()
