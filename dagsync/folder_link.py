@@ -108,8 +108,10 @@ SEND_READ = 250  # records read from the index at a time while building a batch
 # Entries in the first index batch of a connection. A peer starts applying only once a
 # whole batch is in: built, sent, checked and planned, a full one (MAX_INDEX_ENTRIES)
 # kept a new node waiting ~50 ms longer at the start of an initial sync. Still a bulk
-# round (remote_apply.BULK_ROUND), which takes in the full batches that follow.
-FIRST_BATCH_ENTRIES = 600
+# round (remote_apply.BULK_ROUND), which takes in the full batches that follow, and cut
+# into the receiver's first chunk and one full one (FIRST_CHUNK + APPLY_CHUNK): 600 left
+# a chunk of 24 files, with its own two syncfs calls, at the start.
+FIRST_BATCH_ENTRIES = 576
 
 
 def next_index_batch(

@@ -234,8 +234,10 @@ def test_a_limited_index_batch_stops_at_its_limit_and_the_next_goes_on(tmp_path:
     rest, _ = folder_link.next_index_batch(ix, lk, first.last_seq)
     assert rest is not None and (rest.from_seq, rest.count, rest.caught_up) == (250, 350, True)
     assert [e.path for e in rest.decode().entries][:1] == ["p250.py"]
-    from dagsync.remote_apply import BULK_ROUND
+    from dagsync.remote_apply import APPLY_CHUNK, BULK_ROUND, FIRST_CHUNK
 
-    # an initial sync's first round is still a bulk one, which takes in the batches after
+    # an initial sync's first round is still a bulk one, which takes in the batches after,
+    # and its first batch is cut into whole chunks
     assert BULK_ROUND <= folder_link.FIRST_BATCH_ENTRIES <= p.MAX_INDEX_ENTRIES
+    assert (folder_link.FIRST_BATCH_ENTRIES - FIRST_CHUNK) % APPLY_CHUNK == 0
     ix.close()
