@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import sys
@@ -38,6 +39,18 @@ def _run(ctx: Ctx, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         fail(ctx, exc)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End a finished one-shot command without the interpreter's teardown: unloading
+    asyncssh, cryptography and the rest took 40-100 ms at each `dagsync sync`, for
+    nothing an exiting process needs. The command has closed its index, sockets and
+    files itself; logs and output are flushed here. Not for the agent, whose exit time
+    nobody waits for and whose threads end on their own."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def fail(ctx: Ctx, exc: DagsyncError) -> NoReturn:
@@ -183,8 +196,7 @@ def sync(click_ctx: click.Context, config_path: Path | None, peers: tuple[str, .
                                          if report.via_agent else ""), err=True)
     for name, reason in sorted(report.down.items()):
         click.echo(f"dagsync: warning: peer {name} not synced: {reason}", err=True)
-    if report.down and strict:
-        sys.exit(1)
+    _exit_now(1 if report.down and strict else 0)
 
 
 @main.command()

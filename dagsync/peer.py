@@ -96,6 +96,7 @@ class PeerConnection(PeerServing, PeerFetching):
         self.delta_stats = {"files": 0, "file_bytes": 0, "fetched_bytes": 0, "fallbacks": 0}
         self.last_received = time.monotonic()
         self.done = asyncio.Event()  # oneshot: both sides are in sync
+        self.news = asyncio.Event()  # set by each message and each applied round
         self.closed = asyncio.Event()
         self.clock_skew_ms = 0
         self.close_reason = ""
@@ -228,6 +229,7 @@ class PeerConnection(PeerServing, PeerFetching):
                 self._dispatch(msg)
 
     def _dispatch(self, msg: p.Message) -> None:
+        self.news.set()
         if isinstance(msg, p.IndexFrame | p.Index):
             link = self._link(msg.folder)
             if msg.index_id != link.their_index_id:
@@ -377,6 +379,7 @@ class PeerConnection(PeerServing, PeerFetching):
         # in sync when that Close arrives (it used to be set after the drain).
         link.caught_up = caught_up
         link.their_max_seq = max(link.their_max_seq, last_seq)
+        self.news.set()
         self._send(p.Ack(folder.id, link.their_index_id, link.processed_seq))
         self.node.note_ack(self)
         await self.stream.drain()
@@ -424,8 +427,13 @@ class PeerConnection(PeerServing, PeerFetching):
         )
 
     async def _finish_when_in_sync(self) -> None:
+        """A one-shot round ends as soon as both sides are in sync: looked at on every
+        message and applied round (the peer's last Ack, usually), and every 20 ms for
+        what changes otherwise (our own records)."""
         while not self.in_sync():
-            await asyncio.sleep(0.02)
+            self.news.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.news.wait(), 0.02)
         self.done.set()
         self.close(p.CLOSE_ROUND_COMPLETE)
 
