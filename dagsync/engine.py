@@ -91,9 +91,14 @@ class FolderEngine(RemoteApply, LocalChanges):
             self.records = RecordStore()
             self._dirs = set()
             counter = int(self.index.get_meta(f"own_counter:{self.id}") or 0)
-            for rec in self.index.each_record(self.id):
-                self._remember(rec)
-                counter = max(counter, rec.version.vv.get(self.node))
+            own: dict[tuple[tuple[str, int], ...], int] = {}  # few distinct vectors
+            for fields in self.index.each_fields(self.id):
+                self._remember_fields(fields)
+                counters = fields[8]
+                mine = own.get(counters)
+                if mine is None:
+                    mine = own[counters] = dict(counters).get(self.node, 0)
+                counter = max(counter, mine)
             self.own_counter = counter
             self.adopting = not self.records
             if self.root.is_dir():

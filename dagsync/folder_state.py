@@ -18,7 +18,7 @@ from dagsync.archive import ConflictArchive
 from dagsync.clock import VersionVector
 from dagsync.config import FolderConfig
 from dagsync.ignore import IgnoreMatcher
-from dagsync.index import Index, LocalStat, Record
+from dagsync.index import Index, LocalStat, Record, RecordFields
 from dagsync.model import Action, FileVersion
 from dagsync.recstore import RecordStore
 
@@ -151,11 +151,18 @@ class FolderState:
                 log.exception("folder %s: observer failed", self.id)
 
     def _remember(self, rec: Record) -> None:
-        path = rec.version.path
+        self._note_dirs(rec.version.path)
+        self.records[rec.version.path] = rec
+
+    def _remember_fields(self, fields: RecordFields) -> None:
+        """_remember for a record loaded from the index as its fields (Index.each_fields)."""
+        self._note_dirs(fields[0])
+        self.records.put_fields(*fields)
+
+    def _note_dirs(self, path: str) -> None:
         parent = path.rpartition("/")[0]
         if parent and parent not in self._dirs:  # holds every ancestor of what it holds
             self._dirs.update(parents_of(path))
-        self.records[path] = rec
 
     def _mark_applying(self, slot: int, paths: set[str] | None) -> None:
         """Set (or with None, clear) the paths the chunk in `slot` is writing."""

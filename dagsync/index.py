@@ -86,6 +86,11 @@ _COLUMNS = (
 )
 _KINDS = {k.value: k for k in Kind}
 
+# What RecordStore.put_fields takes: path, seq, kind, size, mtime_ns, mode, hash, deleted,
+# the vector's counters, hlc, origin, target, and the stat as (size, mtime_ns, inode).
+RecordFields = tuple[str, int, Kind, int, int, int, str, bool, tuple[tuple[str, int], ...],
+                     int, str, str, tuple[int, int, int] | None]
+
 _Row = tuple[
     str, int, str, int, int, int, str, int, str, int, str, str, int | None, int | None, int | None
 ]
@@ -305,10 +310,9 @@ class Index:
 
     # -- records -----------------------------------------------------------------------
 
-    def _records(self, rows: list[_Row]) -> list[Record]:
-        """Rows to records. Version vectors are parsed once per distinct text, all in one
-        json.loads call (most files share a few vectors); the cyclic GC is paused while
-        tens of thousands of objects are built, which otherwise triples the time."""
+    def _vectors(self, rows: list[_Row]) -> dict[str, VersionVector]:
+        """The rows' version vectors by their text: each distinct text parsed once, all
+        in one json.loads call (most files share a few vectors)."""
         cache = self._vv_cache
         vvs: dict[str, VersionVector] = {}
         missing: list[str] = []
@@ -318,18 +322,24 @@ class Index:
                 missing.append(text)
             else:
                 vvs[text] = known
+        if missing:
+            # Our own JSON from VersionVector.to_wire: already sorted and valid.
+            parsed = json.loads("[" + ",".join(missing) + "]")
+            for text, pairs in zip(missing, parsed, strict=True):
+                vvs[text] = VersionVector(tuple((str(n), int(c)) for n, c in pairs))
+            if len(cache) + len(missing) > _VV_CACHE_MAX:
+                cache.clear()
+            cache.update((t, vvs[t]) for t in missing)
+        return vvs
+
+    def _records(self, rows: list[_Row]) -> list[Record]:
+        """Rows to records. The cyclic GC is paused while tens of thousands of objects
+        are built, which otherwise triples the time."""
         kinds = _KINDS
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            if missing:
-                # Our own JSON from VersionVector.to_wire: already sorted and valid.
-                parsed = json.loads("[" + ",".join(missing) + "]")
-                for text, pairs in zip(missing, parsed, strict=True):
-                    vvs[text] = VersionVector(tuple((str(n), int(c)) for n, c in pairs))
-                if len(cache) + len(missing) > _VV_CACHE_MAX:
-                    cache.clear()
-                cache.update((t, vvs[t]) for t in missing)
+            vvs = self._vectors(rows)
             out = []
             for (
                 path,
@@ -381,17 +391,35 @@ class Index:
         """Every record of `folder`, deletes included, by path."""
         return {r.version.path: r for r in self._select("folder=?", (folder,))}
 
-    def each_record(self, folder: str, page: int = 2000) -> Iterator[Record]:
-        """Every record of `folder` in path order, read a page at a time so a caller that
-        packs them never holds them all as objects."""
+    def each_fields(self, folder: str, page: int = 2000) -> Iterator[RecordFields]:
+        """Every record of `folder` as the fields RecordStore.put_fields takes, in path
+        order and a page at a time (a caller that packs them never holds them all as
+        objects): a folder's records are loaded at start-up without building a Record,
+        FileVersion, VersionVector and LocalStat for each."""
         after = ""
         while True:
-            batch = self._select("folder=? AND path>? ORDER BY path LIMIT ?",
-                                 (folder, after, page))
-            yield from batch
-            if len(batch) < page:
+            with self._db() as c:
+                rows = c.execute(f"SELECT {_COLUMNS} FROM files WHERE folder=? AND path>?"
+                                 " ORDER BY path LIMIT ?", (folder, after, page)).fetchall()
+            try:
+                vvs = self._vectors(rows)
+                kinds = _KINDS
+                for path, seq, kind, size, mtime, mode, hsh, dead, vv, hlc, origin, target, \
+                        ss, sm, si in rows:
+                    if not (type(path) is str and type(hsh) is str and type(origin) is str
+                            and type(target) is str):
+                        raise TypeError(f"a text column of {path!r} holds another type")
+                    yield (path, int(seq), kinds[kind], int(size), int(mtime), int(mode), hsh,
+                           bool(dead), vvs[vv].counters, int(hlc), origin, target,
+                           None if ss is None or sm is None or si is None
+                           else (int(ss), int(sm), int(si)))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise IndexUnavailable(
+                    f"{self.path}: corrupt record in the index database: {exc!r}"
+                ) from exc
+            if len(rows) < page:
                 return
-            after = batch[-1].version.path
+            after = rows[-1][0]
 
     def get(self, folder: str, path: str) -> Record | None:
         found = self._select("folder=? AND path=?", (folder, path))

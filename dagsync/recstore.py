@@ -128,28 +128,44 @@ class RecordStore(MutableMapping[str, Record]):
             self._maybe_compact()
 
     def __setitem__(self, path: str, rec: Record) -> None:
-        key = _encode(path)
         with self._lock:
-            packed = self._pack(rec)
-            slot, at = self._find(path, key)
-            if at >= 0:
-                klen, rlen = _ENTRY.unpack_from(self._buf, at)
-                if rlen == len(packed):  # same shape: overwrite in place
-                    start = at + 8 + klen
-                    self._buf[start : start + rlen] = packed
-                    return
-                self._kill(at)
-                self._offsets[slot] = self._append(key, packed)
-                self._maybe_compact()
+            self._put_packed(path, self._pack(rec))
+
+    def put_fields(
+        self, path: str, seq: int, kind: Kind, size: int, mtime_ns: int, mode: int,
+        hsh: str, deleted: bool, counters: tuple[tuple[str, int], ...], hlc: int,
+        origin: str, target: str, stat: tuple[int, int, int] | None,
+    ) -> None:
+        """store[path] = Record(FileVersion(path, kind, ...), seq, LocalStat(*stat)),
+        without building the record: loading a folder's index at start-up builds none
+        (`counters` are the version vector's, `stat` is (size, mtime_ns, inode))."""
+        with self._lock:
+            self._put_packed(path, self._pack_fields(
+                kind, size, mtime_ns, mode, hsh, deleted, counters, hlc, origin, target,
+                seq, stat))
+
+    def _put_packed(self, path: str, packed: bytes) -> None:
+        """store[path] = the packed record; the caller holds the lock."""
+        key = _encode(path)
+        slot, at = self._find(path, key)
+        if at >= 0:
+            klen, rlen = _ENTRY.unpack_from(self._buf, at)
+            if rlen == len(packed):  # same shape: overwrite in place
+                start = at + 8 + klen
+                self._buf[start : start + rlen] = packed
                 return
-            if self._filled + 1 > len(self._offsets) * 2 // 3:
-                self._rehash(max(_MIN_SLOTS, 2 * (self._len + 1)))
-                slot = self._free_slot(hash(path))
-            if self._offsets[slot] == _EMPTY:
-                self._filled += 1
-            self._hashes[slot] = hash(path)
+            self._kill(at)
             self._offsets[slot] = self._append(key, packed)
-            self._len += 1
+            self._maybe_compact()
+            return
+        if self._filled + 1 > len(self._offsets) * 2 // 3:
+            self._rehash(max(_MIN_SLOTS, 2 * (self._len + 1)))
+            slot = self._free_slot(hash(path))
+        if self._offsets[slot] == _EMPTY:
+            self._filled += 1
+        self._hashes[slot] = hash(path)
+        self._offsets[slot] = self._append(key, packed)
+        self._len += 1
 
     def __getitem__(self, path: str) -> Record:
         with self._lock:
@@ -299,16 +315,26 @@ class RecordStore(MutableMapping[str, Record]):
 
     def _pack(self, rec: Record) -> bytes:
         v, st = rec.version, rec.stat
+        return self._pack_fields(
+            v.kind, v.size, v.mtime_ns, v.mode, v.hash, v.deleted, v.vv.counters, v.hlc,
+            v.origin, v.target, rec.seq,
+            None if st is None else (st.size, st.mtime_ns, st.inode))
+
+    def _pack_fields(
+        self, kind: Kind, size: int, mtime_ns: int, mode: int, hsh_text: str, deleted: bool,
+        counters: tuple[tuple[str, int], ...], hlc: int, origin: str, target_text: str,
+        seq: int, st: tuple[int, int, int] | None,
+    ) -> bytes:
         ids = self._names
-        hsh, hexed = _hash_bytes(v.hash)
-        target = v.target.encode("utf-8", "surrogateescape")
-        flags = (_DELETED if v.deleted else 0) | (_HAS_STAT if st is not None else 0) | (
+        hsh, hexed = _hash_bytes(hsh_text)
+        target = target_text.encode("utf-8", "surrogateescape")
+        flags = (_DELETED if deleted else 0) | (_HAS_STAT if st is not None else 0) | (
             _HEX_HASH if hexed else 0)
-        pairs = b"".join(_PAIR.pack(ids.id(n), c) for n, c in v.vv.counters)
+        pairs = b"".join(_PAIR.pack(ids.id(n), c) for n, c in counters)
+        ss, sm, si = st if st is not None else (0, 0, 0)
         head = _HEAD.pack(
-            _KIND_CODE[v.kind], flags, v.mode, v.size, v.mtime_ns, v.hlc, rec.seq,
-            st.size if st else 0, st.mtime_ns if st else 0, st.inode if st else 0,
-            ids.id(v.origin), len(v.vv.counters), len(hsh), len(target),
+            _KIND_CODE[kind], flags, mode, size, mtime_ns, hlc, seq, ss, sm, si,
+            ids.id(origin), len(counters), len(hsh), len(target),
         )
         return head + pairs + hsh + target
 

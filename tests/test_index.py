@@ -287,3 +287,35 @@ def test_load_20k_rows_is_not_pathological(index: Index) -> None:
     assert len(loaded) == n
     assert loaded["dags/team7/dag_7.py"].version == fv("dags/team7/dag_7.py", 8)
     assert elapsed < 2.0
+
+
+def test_each_fields_gives_every_record_as_its_fields_over_several_pages(index: Index) -> None:
+    """What a folder's start-up loads (RecordStore.put_fields): the same records, field
+    for field, as the Record path; pages end and resume at the right path."""
+    from dagsync.recstore import RecordStore
+
+    versions = [(fv(f"d{i % 3}/f{i:03d}.py", i + 1), st(i + 1) if i % 4 else None)
+                for i in range(25)]
+    versions += [(fv("gone.py", 30, deleted=True), None),
+                 (fv("link", 31, kind=Kind.SYMLINK), st(31))]
+    index.put("dags", versions)
+    index.put("other", [(fv("d0/f000.py", 99), st(99))])
+    by_record, by_fields = RecordStore(), RecordStore()
+    for path, rec in index.load("dags").items():
+        by_record[path] = rec
+    fields = list(index.each_fields("dags", page=4))
+    assert [f[0] for f in fields] == sorted(index.load("dags"))
+    for f in fields:
+        by_fields.put_fields(*f)
+    assert len(by_fields) == len(by_record) == 27
+    for path in by_record:
+        assert by_fields[path] == by_record[path], path
+
+
+def test_a_corrupt_row_fails_the_load_naming_the_database(index: Index, db: Path) -> None:
+    index.put("dags", [(fv("a.py", 1), st(1))])
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE files SET kind='directory' WHERE path='a.py'")
+    with pytest.raises(DagsyncError, match="corrupt record") as info:
+        list(index.each_fields("dags"))
+    assert str(db) in str(info.value)

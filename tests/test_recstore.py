@@ -49,6 +49,12 @@ def test_a_record_comes_back_equal_with_the_versions_mode_in_its_stat(rec: Recor
     assert store.file_hash(v.path) == (v.hash if v.kind is Kind.FILE and not v.deleted
                                        else None)
     assert store.file_hash(v.path + "/nope") is None
+    by_fields = RecordStore()  # as a folder's records are loaded at start-up
+    by_fields.put_fields(v.path, rec.seq, v.kind, v.size, v.mtime_ns, v.mode, v.hash,
+                         v.deleted, v.vv.counters, v.hlc, v.origin, v.target,
+                         None if rec.stat is None else
+                         (rec.stat.size, rec.stat.mtime_ns, rec.stat.inode))
+    assert by_fields[v.path] == got
 
 
 def test_mapping_behaviour() -> None:
