@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -48,8 +49,9 @@ def _exit_now(code: int) -> NoReturn:
     files itself; logs and output are flushed here. Not for the agent, whose exit time
     nobody waits for and whose threads end on their own."""
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: as at a normal exit
+            stream.flush()
     os._exit(code)
 
 
