@@ -12,13 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-import difflib
 import ipaddress
 import math
 import os
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -194,6 +192,8 @@ def parse_size(value: object) -> int:
     if isinstance(value, str):
         m = _SIZE_RE.fullmatch(value.strip())
         if m and m.group(2).lower() in _SIZE_UNITS:
+            from fractions import Fraction  # here: it imports decimal, ~1.6 ms of each start
+
             return math.floor(Fraction(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
     raise ValueError(f"not a size: {value!r} (use e.g. 256MiB, 1GiB, 10MB, or bytes)")
 
@@ -359,6 +359,8 @@ class _Parser:
             self.fail(key, f"{what} with keys {', '.join(allowed)} (got {_got(value)})")
         for k in value:
             if not isinstance(k, str) or k not in allowed:
+                import difflib  # only for this error's hint
+
                 close = difflib.get_close_matches(str(k), allowed, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 self.fail(
