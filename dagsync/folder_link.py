@@ -6,6 +6,7 @@ see next_index_batch), and building our next index batch for the peer."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -161,7 +162,7 @@ def drop_echoes(link: FolderLink, consumed: list[tuple[str, FileVersion]]) -> No
         link.echo = {}  # a dict keeps its largest table; this one held a whole index
 
 
-def _forget_echoes(link: FolderLink, applied: list[str]) -> None:
+def _forget_echoes(link: FolderLink, applied: Iterable[str]) -> None:
     """After a round: drop the echo notes the sender will never consume, those of paths
     not applied in the round whose record it has already sent. Kept, they would hold
     every version a peer ever announced in memory (a whole index after an initial sync).

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Iterable
 
 log = logging.getLogger("dagsync.hooks")
 
@@ -27,8 +28,9 @@ class ChangeHook:
         self.runs = 0
         self.failures = 0
 
-    def changed(self, paths: list[str]) -> None:
+    def changed(self, paths: Iterable[str]) -> None:
         """Called on the event loop after a round applied `paths`."""
+        paths = list(paths)
         if not paths:
             return
         self.pending.update(paths)

@@ -545,12 +545,13 @@ class RemoteApply(LocalChanges):
         if self.clock.observe(newest) < newest:
             for version, _ in done:
                 self.clock.observe(version.hlc)
-        for rec in self.index.put(self.id, done):
+        records = self.index.put(self.id, done)
+        for rec in records:
             self._remember(rec)
             self.max_seq = max(self.max_seq, rec.seq)
             self.reverts.discard(rec.version.path)
-            outcome.applied.append(rec.version.path)
-            outcome.applied_hlc.append(rec.version.hlc)
+        outcome.applied.extend(rec.version.path for rec in records)
+        outcome.applied_hlc.extend(rec.version.hlc for rec in records)
         self.applied_total += len(done)
 
     # --- receive-only folders: restoring the cluster's version ------------------------

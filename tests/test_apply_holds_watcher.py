@@ -43,7 +43,7 @@ async def test_a_local_edit_reported_during_an_apply_round_is_registered_after_i
         data = b"dag = 'from the cluster'\n"
         outcome = await folder.apply_batch([remote("other.py", data, 1)],
                                            MemoryPeer({"other.py": data}))
-        assert outcome.applied == ["other.py"] and folder.recheck == set()
+        assert list(outcome.applied) == ["other.py"] and folder.recheck == set()
         local = folder.version("edited.py")
         assert local is not None and local.origin == "b" and not local.deleted
         assert (root / "other.py").read_bytes() == data

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dagsync import folder_link
 from dagsync import protocol as p
 from dagsync.clock import VersionVector
@@ -241,3 +244,21 @@ def test_a_limited_index_batch_stops_at_its_limit_and_the_next_goes_on(tmp_path:
     assert BULK_ROUND <= folder_link.FIRST_BATCH_ENTRIES <= p.MAX_INDEX_ENTRIES
     assert (folder_link.FIRST_BATCH_ENTRIES - FIRST_CHUNK) % APPLY_CHUNK == 0
     ix.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.text(st.characters(blacklist_characters="\0"), min_size=1,
+                                 max_size=30), max_size=6), max_size=6))
+def test_applied_paths_give_back_every_path_in_order(chunks: list[list[str]]) -> None:
+    """A round's applied paths, packed one string per chunk, come back as they went in
+    (paths never hold NUL: check_relpath refuses it and a file system cannot)."""
+    from dagsync.folder_state import AppliedPaths
+
+    applied = AppliedPaths()
+    for chunk in chunks:
+        applied.extend(chunk)
+    flat = [path for chunk in chunks for path in chunk]
+    assert list(applied) == flat and len(applied) == len(flat)
+    assert bool(applied) is bool(flat)
+    applied.append("one/more.py")
+    assert list(applied)[-1] == "one/more.py" and len(applied) == len(flat) + 1

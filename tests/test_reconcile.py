@@ -536,7 +536,7 @@ async def _edit_on_top_of_remote(
                 return [data for _ in vs]
 
         outcome = await folder.apply_batch([remote], Source())
-        assert outcome.applied == ["etl.py"]
+        assert list(outcome.applied) == ["etl.py"]
         (root / "etl.py").write_bytes(b"print('edited here')\n")
         await folder.scan()
         edit = folder.version("etl.py")
