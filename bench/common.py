@@ -157,10 +157,18 @@ def tail(path: Path, n: int = 25) -> str:
     return "\n".join(f"    {line}" for line in lines[-n:])
 
 
-def proc_cpu_ticks(pid: int) -> int:
+def proc_stat(pid: int) -> tuple[str, int, int]:
+    """A process's (or thread's) name, utime and stime in clock ticks (fields 2, 14, 15
+    of /proc/PID/stat; the name may hold spaces and parentheses)."""
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
+        head, _, rest = f.read().rpartition(")")
+    fields = rest.split()
+    return head.partition("(")[2], int(fields[11]), int(fields[12])
+
+
+def proc_cpu_ticks(pid: int) -> int:
+    _, utime, stime = proc_stat(pid)
+    return utime + stime
 
 
 def proc_mem_kib(pid: int) -> dict[str, int]:

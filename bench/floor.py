@@ -44,6 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parent))
 import run as R  # bench/run.py: corpus, nodes, sshd, process tracking
+from common import proc_stat
 
 # Loaded by B's interpreter at start-up (site imports `sitecustomize` from sys.path).
 DISCARD_APPLY = '''
@@ -104,12 +105,10 @@ def all_cpu_ticks() -> dict[int, tuple[str, int]]:
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                with open(f"/proc/{d}/stat") as f:
-                    head, _, rest = f.read().rpartition(")")
-            except OSError:
+                name, utime, stime = proc_stat(int(d))
+            except OSError:  # ended meanwhile
                 continue
-            fields = rest.split()
-            out[int(d)] = head.partition("(")[2], int(fields[11]) + int(fields[12])
+            out[int(d)] = name, utime + stime
     return out
 
 
@@ -125,9 +124,8 @@ def top_others(before: dict[int, tuple[str, int]], skip: set[int], n: int = 4) -
 
 
 def user_sys_s(pid: int) -> tuple[float, float]:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / R.CLK_TCK, int(fields[12]) / R.CLK_TCK
+    _, utime, stime = proc_stat(pid)
+    return utime / R.CLK_TCK, stime / R.CLK_TCK
 
 
 def wait_chunks(path: Path, want: int, t0: float, b: R.Node, timeout: float = 300) -> float:

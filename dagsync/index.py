@@ -310,6 +310,9 @@ class Index:
 
     # -- records -----------------------------------------------------------------------
 
+    def _corrupt(self, exc: Exception) -> IndexUnavailable:
+        return IndexUnavailable(f"{self.path}: corrupt record in the index database: {exc!r}")
+
     def _vectors(self, rows: list[_Row]) -> dict[str, VersionVector]:
         """The rows' version vectors by their text: each distinct text parsed once, all
         in one json.loads call (most files share a few vectors)."""
@@ -375,9 +378,7 @@ class Index:
                 out.append(Record(version, seq, stat))
             return out
         except (ValueError, TypeError, KeyError) as exc:
-            raise IndexUnavailable(
-                f"{self.path}: corrupt record in the index database: {exc!r}"
-            ) from exc
+            raise self._corrupt(exc) from exc
         finally:
             if was_enabled:
                 gc.enable()
@@ -414,9 +415,7 @@ class Index:
                            None if ss is None or sm is None or si is None
                            else (int(ss), int(sm), int(si)))
             except (ValueError, TypeError, KeyError) as exc:
-                raise IndexUnavailable(
-                    f"{self.path}: corrupt record in the index database: {exc!r}"
-                ) from exc
+                raise self._corrupt(exc) from exc
             if len(rows) < page:
                 return
             after = rows[-1][0]
