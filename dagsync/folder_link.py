@@ -129,15 +129,18 @@ def next_index_batch(
     consumed: list[tuple[str, FileVersion]] = []
     last = start
     while not builder.full:
-        records = index.since(folder.id, last, SEND_READ)
-        for r in records:
+        records = index.since_known(folder.id, last, SEND_READ, link.echo)
+        for seq, v, echoed in records:
             if builder.full:
                 break
-            last, v = r.seq, r.version
+            last = seq
             if not folder.publishes(v):
                 continue
+            if echoed:  # v is the note itself
+                consumed.append((v.path, v))
+                continue
             sent = link.echo.get(v.path)
-            if sent is not None:
+            if sent is not None:  # noted, but our record is another version
                 consumed.append((v.path, sent))
                 if sent == v:
                     continue

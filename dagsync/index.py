@@ -21,7 +21,7 @@ import json
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +114,10 @@ class Record:
     version: FileVersion
     seq: int
     stat: LocalStat | None
+
+
+def _unknown(r: Record) -> tuple[int, FileVersion, bool]:
+    return r.seq, r.version, False
 
 
 class IndexUnavailable(DagsyncError):
@@ -464,6 +468,37 @@ class Index:
     def since(self, folder: str, seq: int, limit: int = 1000) -> list[Record]:
         """Records with a sequence number above `seq`, in sequence order, at most `limit`."""
         return self._select("folder=? AND seq>? ORDER BY seq LIMIT ?", (folder, seq, limit))
+
+    def since_known(
+        self, folder: str, seq: int, limit: int, known: Mapping[str, FileVersion]
+    ) -> list[tuple[int, FileVersion, bool]]:
+        """since() for a sender that skips what its peer already holds: (seq, version,
+        is known) in sequence order, where a record whose version equals `known[path]`
+        comes back as that very object, without one of its own being built. After an
+        initial sync every record the receiver wrote is such an echo of its sender's;
+        building and comparing each one cost ~3.6 µs of the receiver's busiest thread."""
+        with self._db() as c:
+            rows = c.execute(f"SELECT {_COLUMNS} FROM files WHERE folder=? AND seq>?"
+                             " ORDER BY seq LIMIT ?", (folder, seq, limit)).fetchall()
+        out: list[tuple[int, FileVersion, bool] | None] = []
+        others: list[_Row] = []
+        kinds = _KINDS
+        vvs: dict[str, VersionVector] | None = None
+        for row in rows:
+            v = known.get(row[0])
+            if v is not None and v.hlc == row[9] and v.hash == row[6]:  # cheap tests first
+                if vvs is None:
+                    vvs = self._vectors(rows)
+                if (v.kind is kinds.get(row[2]) and v.size == row[3] and v.mtime_ns == row[4]
+                        and v.mode == row[5] and v.deleted == bool(row[7])
+                        and v.vv == vvs[row[8]] and v.origin == row[10]
+                        and v.target == row[11]):
+                    out.append((row[1], v, True))
+                    continue
+            out.append(None)
+            others.append(row)
+        built = iter(self._records(others))
+        return [item if item is not None else _unknown(next(built)) for item in out]
 
     def count(self, folder: str) -> tuple[int, int]:
         """(live files and symlinks, their total bytes); deletes excluded."""
