@@ -129,20 +129,17 @@ def next_index_batch(
     consumed: list[tuple[str, FileVersion]] = []
     last = start
     while not builder.full:
-        records = index.since_known(folder.id, last, SEND_READ, link.echo)
-        for seq, v, echoed in records:
+        records = index.since(folder.id, last, SEND_READ, reuse=link.echo)
+        for r in records:
             if builder.full:
                 break
-            last = seq
+            last, v = r.seq, r.version
             if not folder.publishes(v):
                 continue
-            if echoed:  # v is the note itself
-                consumed.append((v.path, v))
-                continue
             sent = link.echo.get(v.path)
-            if sent is not None:  # noted, but our record is another version
+            if sent is not None:
                 consumed.append((v.path, sent))
-                if sent == v:
+                if sent is v or sent == v:  # `is`: the index reused the note
                     continue
             builder.add(v)
         if len(records) < SEND_READ:

@@ -110,18 +110,15 @@ def test_since_paginates_in_seq_order(index: Index) -> None:
     assert index.since("dags", 26) == []
 
 
-def test_since_known_hands_back_the_known_version_only_when_every_field_equals(
-    index: Index,
-) -> None:
-    """The sender's echo check: a record equal to the peer's note comes back as the note
-    itself; one differing from it in any field is built from its row, in seq order."""
+def test_since_reuses_a_noted_version_only_when_every_field_equals(index: Index) -> None:
+    """The sender's echo check: a record equal to the peer's note carries the note
+    itself; one differing from it in any field gets a version of its own."""
     index.put("dags", [(fv(f"f{i}.py", i), st(i)) for i in range(1, 13)])
     index.put("dags", [(fv("link.py", 13, kind=Kind.SYMLINK), None),
                        (fv("gone.py", 14, deleted=True), None)])
     same = {f"f{i}.py": fv(f"f{i}.py", i) for i in range(1, 13)}
     same["link.py"] = fv("link.py", 13, kind=Kind.SYMLINK)
     same["gone.py"] = fv("gone.py", 14, deleted=True)
-    base = fv("f1.py", 1)
     differing = {  # one field off each
         "f2.py": replace(fv("f2.py", 2), size=1),
         "f3.py": replace(fv("f3.py", 3), mtime_ns=1),
@@ -129,23 +126,19 @@ def test_since_known_hands_back_the_known_version_only_when_every_field_equals(
         "f5.py": replace(fv("f5.py", 5), hash="f" * 32),
         "f6.py": replace(fv("f6.py", 6), deleted=True),
         "f7.py": replace(fv("f7.py", 7), vv=VersionVector.of({"master1": 7})),
-        "f8.py": replace(fv("f8.py", 8), hlc=base.hlc),
+        "f8.py": replace(fv("f8.py", 8), hlc=fv("f1.py", 1).hlc),
         "f9.py": replace(fv("f9.py", 9), origin="worker2"),
         "f10.py": replace(fv("f10.py", 10), target="x"),
         "f11.py": replace(fv("f11.py", 11), kind=Kind.SYMLINK),
     }
-    known = {**same, **differing}
-    got = index.since_known("dags", 0, 100, known)
-    assert [seq for seq, _, _ in got] == list(range(1, 15))
-    for _, v, is_known in got:
-        assert is_known == (v.path not in differing)
-        if is_known:
-            assert v is known[v.path]
-        else:
-            assert v == fv(v.path, int(v.path[1:-3])) and v is not known[v.path]
-    assert [(s, v) for s, v, _ in index.since_known("dags", 0, 100, {})] == [
-        (r.seq, r.version) for r in index.since("dags", 0, 100)]
-    assert [s for s, _, _ in index.since_known("dags", 10, 3, known)] == [11, 12, 13]
+    notes = {**same, **differing}
+    plain = index.since("dags", 0, 100)
+    got = index.since("dags", 0, 100, reuse=notes)
+    assert got == plain  # the same records, field for field
+    assert [r.seq for r in got] == list(range(1, 15))
+    for r in got:
+        assert (r.version is notes[r.version.path]) == (r.version.path not in differing)
+    assert [r.seq for r in index.since("dags", 10, 3, reuse=notes)] == [11, 12, 13]
 
 
 def test_update_stat_keeps_seq(index: Index) -> None:
