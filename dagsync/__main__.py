@@ -1,3 +1,3 @@
-from dagsync.cli import main
+from dagsync.launch import main
 
 main()

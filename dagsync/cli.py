@@ -18,6 +18,7 @@ import click
 from dagsync import __version__
 from dagsync.config import Config, load_config
 from dagsync.errors import AgentNotRunning, DagsyncError, UsageError
+from dagsync.launch import gc_paused, settle_startup
 from dagsync.leases import ignore_sigio
 from dagsync.logs import setup_logging
 
@@ -163,10 +164,12 @@ def init(click_ctx: click.Context, config_path: Path | None, name: str | None) -
 @click.pass_context
 def agent(click_ctx: click.Context, config_path: Path | None) -> None:
     """Run the daemon in the foreground (stop with SIGTERM, reload with SIGHUP)."""
-    from dagsync.agent import Agent
+    with gc_paused():
+        from dagsync.agent import Agent
 
     ctx = _ctx(click_ctx, config_path)
     cfg = _load(ctx)
+    settle_startup()
     _run(ctx, lambda: Agent(cfg).run())
 
 
@@ -180,7 +183,8 @@ def agent(click_ctx: click.Context, config_path: Path | None) -> None:
 def sync(click_ctx: click.Context, config_path: Path | None, peers: tuple[str, ...],
          dry_run: bool, strict: bool, timeout: float) -> None:
     """One round with every reachable peer, then exit (for cron)."""
-    from dagsync.oneshot import run_sync
+    with gc_paused():
+        from dagsync.oneshot import run_sync
 
     ctx = _ctx(click_ctx, config_path)
     cfg = _load(ctx)
@@ -209,7 +213,8 @@ def sync(click_ctx: click.Context, config_path: Path | None, peers: tuple[str, .
 def serve(click_ctx: click.Context, config_path: Path | None, stdio: bool,
           peer: str | None) -> None:
     """Serve one peer on stdin/stdout: the forced command for ssh:// peers."""
-    from dagsync.oneshot import serve_stdio
+    with gc_paused():
+        from dagsync.oneshot import serve_stdio
 
     ctx = _ctx(click_ctx, config_path)
     cfg = _load(ctx)

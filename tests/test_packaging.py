@@ -497,7 +497,7 @@ def test_sdist_and_wheel_contents(dists: Path) -> None:
         assert any(re.fullmatch(r"dagsync/_fastio\..*\.so", n) for n in names), names
         entry_points = zf.read(f"dagsync-{VERSION}.dist-info/entry_points.txt").decode()
         metadata = zf.read(f"dagsync-{VERSION}.dist-info/METADATA").decode()
-    assert "dagsync = dagsync.cli:main" in entry_points
+    assert "dagsync = dagsync.launch:main" in entry_points
     assert f"\nVersion: {VERSION}\n" in metadata
     assert not any(n.startswith("tests/") for n in names)
 
