@@ -13,6 +13,8 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+YOUNG_THRESHOLD = 7000  # CPython's default is 700
+
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
@@ -27,10 +29,15 @@ def gc_paused() -> Iterator[None]:
 
 
 def settle_startup() -> None:
-    """Move what exists now (modules, classes, the config) to the GC's permanent
-    generation: a long-running agent's full collections then skip it, ~1 ms instead of
-    ~15-18 ms each (docs/initial-sync.md)."""
+    """Before an agent runs: move what exists now (modules, classes, the config) to the
+    GC's permanent generation, so that a full collection skips it (~1 ms instead of
+    ~15-18 ms each), and collect the young generation every 7,000 new container objects
+    instead of 700. An initial sync of 20,020 files made a receiver spend 60-120 ms in
+    ~210 young collections, 20-35 ms with this. Only garbage in reference cycles waits
+    longer for its collection; everything else is freed by reference counting as before
+    (docs/initial-sync.md, docs/memory.md)."""
     gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dagsync.launch import gc_paused, settle_startup
+from dagsync.launch import YOUNG_THRESHOLD, gc_paused, settle_startup
 
 
 def test_gc_paused_pauses_and_restores_an_enabled_gc() -> None:
@@ -35,13 +35,16 @@ def test_gc_paused_leaves_a_disabled_gc_disabled() -> None:
         gc.enable()
 
 
-def test_settle_startup_moves_what_exists_out_of_the_collections() -> None:
-    before = gc.get_freeze_count()
+def test_settle_startup_freezes_what_exists_and_collects_the_young_less_often() -> None:
+    before, thresholds = gc.get_freeze_count(), gc.get_threshold()
     try:
         settle_startup()
         assert gc.get_freeze_count() > before
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *thresholds[1:])
+        assert thresholds[0] < YOUNG_THRESHOLD
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def test_the_command_runs_with_the_gc_enabled_again() -> None:
