@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,40 @@ import yaml
 
 from dagsync.transport import generate_node_key, public_key_line
 
+# Listening ports are picked below the kernel's ephemeral range (where bind(0) and every
+# outgoing connection's local end come from): a node restarted on its port, as the demo
+# and the tests do, once found it taken by some connection made while it was down.
+LOWEST_PORT = 10000
+
+
+def ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
+    """The first port of the kernel's ephemeral range (32768 when it cannot be read)."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+    """A TCP port free on 127.0.0.1 right now, outside the ephemeral range if it can,
+    and not one this process was given before (nodes made together get different ones)."""
+    high = ephemeral_low() - 1
+    for _ in range(100):
+        port = random.randint(LOWEST_PORT, high) if high > LOWEST_PORT else 0
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+        _handed_out.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
