@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dagsync.localnode import free_port
+
 SSHD = "/usr/sbin/sshd"  # sshd re-executes itself and insists on an absolute path
 SSH_KEYGEN = "ssh-keygen"
 PRIVSEP_DIR = Path("/run/sshd")  # Debian's privilege separation chroot; sshd checks it as root
@@ -55,12 +57,6 @@ MaxSessions 64
 LoginGraceTime 20
 LogLevel VERBOSE
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def dagsync_command(config: Path, peer: str | None) -> str:
