@@ -1,0 +1,124 @@
+"""What goes over a link between two agents: data through real SSH on loopback, and no
+empty SSH_MSG_IGNORE ahead of each packet where the cipher does not need it (sshlib)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dagsync import transport
+from dagsync.config import PeerConfig
+from dagsync.localnode import free_port
+from dagsync.sshlib import asyncssh
+
+MSG_IGNORE = 2
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB: several 128 KiB packets each way
+
+
+@pytest.fixture
+def ignores_received(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts the SSH_MSG_IGNORE packets every connection in this process receives."""
+    from asyncssh.connection import SSHConnection
+
+    seen: list[int] = []
+    handlers = SSHConnection._packet_handlers
+    process_ignore = handlers[MSG_IGNORE]
+
+    def count(self: Any, pkttype: int, pktid: int, packet: Any) -> None:
+        seen.append(pktid)
+        process_ignore(self, pkttype, pktid, packet)
+
+    monkeypatch.setitem(handlers, MSG_IGNORE, count)
+    yield seen
+
+
+async def _echo_over_agent_link(tmp_path: Path) -> bytes:
+    """A 1 MiB frame sent from a dialling node to a listening one and echoed back, over
+    dagsync's own transport (serve and dial: AEAD ciphers only)."""
+    server_key = transport.generate_node_key(tmp_path / "server_key")
+    client_key = transport.generate_node_key(tmp_path / "client_key")
+    port = free_port()
+
+    async def echo(name: str, stream: transport.Stream) -> None:
+        got = b""
+        while len(got) < len(PAYLOAD):
+            got += await stream.read(1 << 20)
+        stream.write(got)
+        await stream.drain()
+        await stream.read(1)  # until the client closes
+
+    server = await transport.serve("127.0.0.1", port, server_key, lambda n, k: True, echo)
+    try:
+        peer = PeerConfig("server", f"127.0.0.1:{port}",
+                          transport.public_key_line(server_key), "127.0.0.1", port, None, False)
+        stream = await transport.dial(peer, "client", client_key, tmp_path / "client_key")
+        try:
+            stream.write(PAYLOAD)
+            await stream.drain()
+            back = b""
+            while len(back) < len(PAYLOAD):
+                back += await stream.read(1 << 20)
+            return back
+        finally:
+            stream.close()
+    finally:
+        server.close()
+
+
+def test_agent_link_carries_data_without_an_ignore_packet_per_packet(
+    tmp_path: Path, ignores_received: list[int]
+) -> None:
+    """asyncssh alone sends an empty ignore packet before every packet once encrypted (a
+    CBC countermeasure), doubling the packets of a sync; on dagsync's AEAD links none."""
+    back = asyncio.run(_echo_over_agent_link(tmp_path))
+    assert back == PAYLOAD
+    assert ignores_received == []
+
+
+def test_a_cbc_link_keeps_the_countermeasure(
+    tmp_path: Path, ignores_received: list[int]
+) -> None:
+    """The skip is for AEAD ciphers only: a link that negotiated a CTR cipher still gets
+    asyncssh's ignore packets (asyncssh used directly; dagsync never offers CTR)."""
+    server_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    port = free_port()
+
+    async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        data = await process.stdin.readexactly(len(PAYLOAD))
+        process.stdout.write(data)
+        await process.stdout.drain()
+        process.exit(0)
+
+    class Server(asyncssh.SSHServer):
+        def begin_auth(self, username: str) -> bool:
+            return True
+
+        def public_key_auth_supported(self) -> bool:
+            return True
+
+        def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+            return True
+
+    async def run() -> bytes:
+        server = await asyncssh.create_server(
+            Server, "127.0.0.1", port, server_host_keys=[server_key], process_factory=handle,
+            encoding=None, encryption_algs=["aes128-ctr"], mac_algs=["hmac-sha2-256"])
+        try:
+            async with asyncssh.connect(
+                    "127.0.0.1", port, username="u", client_keys=[client_key],
+                    known_hosts=None, agent_path=None, config=[],
+                    encryption_algs=["aes128-ctr"], mac_algs=["hmac-sha2-256"]) as conn:
+                proc = await conn.create_process("x", encoding=None)
+                proc.stdin.write(PAYLOAD)
+                back: bytes = await proc.stdout.readexactly(len(PAYLOAD))
+                return back
+        finally:
+            server.close()
+
+    assert asyncio.run(run()) == PAYLOAD
+    assert len(ignores_received) > 8  # one ahead of each data packet, each way
