@@ -88,6 +88,9 @@ class BatchOutcome:
     would: list[tuple[str, str]] = field(default_factory=list)  # dry run: (action, path)
     # HLC of each applied version, in one buffer (as `applied`, for the same reason)
     applied_hlc: array[int] = field(default_factory=lambda: array("q"))
+    # Told of the records each step of the round wrote, in the thread that wrote them
+    # (a peer connection notes which of its sender's records are echoes: folder_link)
+    recorded: Callable[[list[Record]], None] | None = None
 
     @property
     def complete(self) -> bool:

@@ -25,9 +25,11 @@ from dagsync.folder_link import (
     Round,
     _coalesce,
     _forget_echoes,
+    drop_echo_runs,
     drop_echoes,
     inbox_empty,
     next_index_batch,
+    note_recorded,
 )
 from dagsync.peer_fetching import REQUEST_TIMEOUT, FetchFailed, PeerFetching, _PeerSource
 from dagsync.peer_serving import PeerServing, _signature_reply
@@ -42,6 +44,7 @@ from dagsync.peer_state import (
 
 if TYPE_CHECKING:
     from dagsync.engine import Fetch
+    from dagsync.index import Record
     from dagsync.node import Node
     from dagsync.transport import Stream
 
@@ -302,26 +305,38 @@ class PeerConnection(PeerServing, PeerFetching):
         folder = link.folder
         announced_caught_up = False
         limit: int | None = FIRST_BATCH_ENTRIES
+        held: tuple[int, int] | None = None  # (start, seq): nothing to send up to seq
         while True:
             link.wake_sender.clear()
             start = link.sent_seq
+            passed = held[1] if held is not None and held[0] == start else None
             frame, consumed = await asyncio.to_thread(
-                next_index_batch, self.node.index, link, start, limit)
+                next_index_batch, self.node.index, link, start, limit, passed)
             limit = None
             drop_echoes(link, consumed)
-            if frame is not None:
-                await self._send_drained(frame)
-                if link.sent_seq == start:  # else a Resend moved it back meanwhile
-                    link.sent_seq = frame.last_seq
-                announced_caught_up = frame.caught_up
-                continue
-            if not announced_caught_up:
-                await self._send_drained(p.Index(
-                    folder=folder.id, index_id=folder.index_id, entries=(),
-                    last_seq=start, caught_up=True, from_seq=start,
-                ))
-                announced_caught_up = True
-            changed = asyncio.create_task(folder.wait_for_seq_above(link.sent_seq))
+            held = None
+            if frame is not None and frame.count == 0 and link.round_running:
+                # Only echoes of what this peer is sending us now: where we are is told
+                # once its round is over, in one batch instead of one per applied chunk.
+                held = (start, frame.last_seq)
+                drop_echo_runs(link, frame.last_seq)
+                waiting_from = frame.last_seq
+            else:
+                drop_echo_runs(link, start if frame is None else frame.last_seq)
+                if frame is not None:
+                    await self._send_drained(frame)
+                    if link.sent_seq == start:  # else a Resend moved it back meanwhile
+                        link.sent_seq = frame.last_seq
+                    announced_caught_up = frame.caught_up
+                    continue
+                if not announced_caught_up:
+                    await self._send_drained(p.Index(
+                        folder=folder.id, index_id=folder.index_id, entries=(),
+                        last_seq=start, caught_up=True, from_seq=start,
+                    ))
+                    announced_caught_up = True
+                waiting_from = link.sent_seq
+            changed = asyncio.create_task(folder.wait_for_seq_above(waiting_from))
             woken = asyncio.create_task(link.wake_sender.wait())
             try:
                 await asyncio.wait({changed, woken}, return_when=asyncio.FIRST_COMPLETED)
@@ -354,7 +369,18 @@ class PeerConnection(PeerServing, PeerFetching):
         if msg.entries:
             link.echo.update((e.path, e) for e in msg.entries)
             batches = Round(link, msg)
-            outcome = await folder.apply_batch(msg.entries, fetch, more=batches.more)
+            loop = asyncio.get_running_loop()
+
+            def recorded(records: list[Record]) -> None:  # in the thread that wrote them
+                loop.call_soon_threadsafe(note_recorded, link, records)
+
+            link.round_running = True
+            try:
+                outcome = await folder.apply_batch(msg.entries, fetch, more=batches.more,
+                                                   recorded=recorded)
+            finally:
+                link.round_running = False
+                link.wake_sender.set()
             last_seq, caught_up = batches.last_seq, batches.caught_up
             _forget_echoes(link, outcome.applied)
             self.node.note_outcome(self, folder.id, outcome)

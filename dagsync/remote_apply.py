@@ -23,7 +23,7 @@ from dagsync.folder_state import (
     stat_of,
     with_parents,
 )
-from dagsync.index import LocalStat
+from dagsync.index import LocalStat, Record
 from dagsync.local_changes import LocalChanges
 from dagsync.model import Action, ActionKind, FileVersion, FolderMode, Kind
 from dagsync.paths import check_relpath, symlink_target_ok
@@ -103,11 +103,12 @@ class RemoteApply(LocalChanges):
 
     async def apply_batch(
         self, entries: Iterable[FileVersion], fetch: Fetch, *, dry_run: bool = False,
-        more: More | None = None,
+        more: More | None = None, recorded: Callable[[list[Record]], None] | None = None,
     ) -> BatchOutcome:
         """Decide every remote entry, fetch what is needed, and apply it durably. A bulk
-        round also applies what `more` hands it while it runs."""
-        outcome = BatchOutcome()
+        round also applies what `more` hands it while it runs. `recorded` is called, from
+        a worker thread, with the records of each step as they are written."""
+        outcome = BatchOutcome(recorded=recorded)
         planned = self.plan(entries, outcome)
         self._log_refused(outcome.refused)
         if dry_run:
@@ -550,6 +551,8 @@ class RemoteApply(LocalChanges):
             self._remember(rec)
             self.max_seq = max(self.max_seq, rec.seq)
             self.reverts.discard(rec.version.path)
+        if outcome.recorded is not None:
+            outcome.recorded(records)
         outcome.applied.extend(rec.version.path for rec in records)
         outcome.applied_hlc.extend(rec.version.hlc for rec in records)
         self.applied_total += len(done)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from typing import Any
 
@@ -23,6 +24,36 @@ def test_two_nodes_converge_content_mode_and_mtime(cluster: Any) -> None:
     assert st.st_mode & 0o777 == 0o750
     assert (b.dags / "etl.py").stat().st_mtime_ns == 1_600_000_000_123_456_789
     assert (a.dags / "from_b.py").read_text() == "b = 1\n"
+
+
+def _seqs(state: Any, query: str, *args: str) -> int:
+    """One number from a node's index database (read beside its running agent)."""
+    con = sqlite3.connect(f"file:{state / 'index.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        row = con.execute(query, args).fetchone()
+    finally:
+        con.close()
+    return int(row[0]) if row else -1
+
+
+def test_after_an_initial_sync_the_receiver_tells_the_sender_where_it_is(
+    cluster: Any,
+) -> None:
+    """While B applies A's files its records are all A's own versions, which B never
+    sends back, and it tells A where its index stands once the round is over, not after
+    each chunk: A's saved progress of B then reaches B's last record, so a reconnect
+    does not make B send them all again."""
+    nodes = cluster("a", "b")
+    a, b = nodes["a"], nodes["b"]
+    for i in range(1200):  # a bulk round of several chunks
+        write(a.dags / f"d{i % 12}/dag_{i}.py", f"dag = {i}\n")
+    a.start()
+    b.start()
+    wait_converged([a, b])
+    b_last = _seqs(b.state, "SELECT last_seq FROM folders WHERE folder='dags'")
+    assert b_last >= 1200
+    wait_until(lambda: _seqs(a.state, "SELECT seq FROM peer_progress WHERE peer='b' AND "
+                             "folder='dags'") >= b_last, 10, "A to hold B's progress")
 
 
 def test_three_nodes_propagate_edits_deletes_and_renames(cluster: Any) -> None:
