@@ -372,7 +372,8 @@ class PeerConnection(PeerServing, PeerFetching):
             loop = asyncio.get_running_loop()
 
             def recorded(records: list[Record]) -> None:  # in the thread that wrote them
-                loop.call_soon_threadsafe(note_recorded, link, records)
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody to tell
+                    loop.call_soon_threadsafe(note_recorded, link, records)
 
             link.round_running = True
             try:
