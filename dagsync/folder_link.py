@@ -137,7 +137,8 @@ def note_recorded(link: FolderLink, records: list[Record]) -> None:
     """On the event loop, once a step of this link's apply round wrote `records` (in
     sequence order): those that are the very versions the peer sent become echo runs,
     which the sender passes without reading them back from the index. After an initial
-    sync every record is one; reading them back cost the receiver ~10 % of its CPU."""
+    sync every record is one (docs/initial-sync.md: reading them back, and an empty
+    batch to the peer after each chunk, cost the receiver up to ~10 % of its CPU)."""
     echo, runs = link.echo, link.echo_runs
     for rec in records:
         v = rec.version
@@ -159,14 +160,12 @@ def drop_echo_runs(link: FolderLink, upto: int) -> None:
 
 def _echo_run_after(runs: list[EchoRun], last: int) -> tuple[EchoRun | None, int | None]:
     """(the run holding sequence number last + 1, its last one), or (None, the first
-    sequence number of the next run after `last`, None when there is none)."""
-    following: int | None = None
+    sequence number of the next run after `last`, None when there is none). The runs
+    are in sequence order: they are noted as the folder's records are written."""
     for run in runs:
-        if run.first <= last + 1 <= run.last:
-            return run, run.last
-        if run.first > last and (following is None or run.first < following):
-            following = run.first
-    return None, following
+        if run.last > last:
+            return (run, run.last) if run.first <= last + 1 else (None, run.first)
+    return None, None
 
 
 def next_index_batch(

@@ -314,21 +314,20 @@ class PeerConnection(PeerServing, PeerFetching):
                 next_index_batch, self.node.index, link, start, limit, passed)
             limit = None
             drop_echoes(link, consumed)
+            drop_echo_runs(link, start if frame is None else frame.last_seq)
             held = None
             if frame is not None and frame.count == 0 and link.round_running:
                 # Only echoes of what this peer is sending us now: where we are is told
                 # once its round is over, in one batch instead of one per applied chunk.
                 held = (start, frame.last_seq)
-                drop_echo_runs(link, frame.last_seq)
                 waiting_from = frame.last_seq
+            elif frame is not None:
+                await self._send_drained(frame)
+                if link.sent_seq == start:  # else a Resend moved it back meanwhile
+                    link.sent_seq = frame.last_seq
+                announced_caught_up = frame.caught_up
+                continue
             else:
-                drop_echo_runs(link, start if frame is None else frame.last_seq)
-                if frame is not None:
-                    await self._send_drained(frame)
-                    if link.sent_seq == start:  # else a Resend moved it back meanwhile
-                        link.sent_seq = frame.last_seq
-                    announced_caught_up = frame.caught_up
-                    continue
                 if not announced_caught_up:
                     await self._send_drained(p.Index(
                         folder=folder.id, index_id=folder.index_id, entries=(),

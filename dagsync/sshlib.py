@@ -15,7 +15,7 @@ packet: RFC 4251's countermeasure for CBC ciphers, whose next IV an eavesdropper
 predict. The AEAD ciphers dagsync negotiates have no such IV, and OpenSSH sends no such
 packets; with them every data packet of a sync cost two encryptions, two sends, and on
 the other end two decryptions and dispatches. `_skip_cbc_countermeasure` drops the empty
-ignore packets on AEAD links only: ~8 % of both agents' CPU in an initial sync
+ignore packets on AEAD links only: 6-8 % of both agents' CPU in an initial sync
 (docs/initial-sync.md). Import asyncssh from here, never directly."""
 
 from __future__ import annotations
