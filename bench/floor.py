@@ -8,6 +8,9 @@ Interleaved in one invocation, on the corpus and nodes of bench/run.py (a):
   agent     dagsync agent -> a new, empty agent B (what (a) measures);
   agent-py  the same with B's file writes in Python loops (DAGSYNC_NO_FASTIO=1), for
             the before/after of the C helper dagsync/_fastio.c;
+  harness-python
+            the agent sync with both agents on the harness's own interpreter, not the
+            agents' (--agent-python; by default the Debian package's, bench/agent_python.py);
   base      with --base REV: the agent sync with B running dagsync as committed at REV
             (A stays the measured snapshot), for before/after figures in one invocation;
   no-apply  the same, but B's apply step is replaced by one that discards each chunk
@@ -157,6 +160,7 @@ def main() -> int:
                     help="also time the agent with VAR=VALUE in both agents' environment, as mode "
                          "NAME (an experiment behind an environment switch)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
+    R.agent_python.add_option(ap)
     ap.add_argument("--split", action="store_true",
                     help="per run, also print the machine's busy CPU (all processes and "
                          "kernel threads) and each agent's user/system CPU")
@@ -172,6 +176,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.fresh_fs:
         R.mount_fresh_fs(work, args.fresh_fs)
+    R.use_agent_python(args.agent_python)
     R.load_dagsync(R.snapshot_source(work / "src-floor", args.source))
     print(f"dagsync snapshot: {R.SNAPSHOT_INFO}", flush=True)
     base_src = base_snapshot(args.base, work / "src-base") if args.base else None
@@ -213,9 +218,10 @@ def main() -> int:
                 b.env = {"no-apply": {"PYTHONPATH": os.fspath(probe_dir),
                                       "DAGSYNC_FLOOR_OUT": os.fspath(out)},
                          "agent-py": {"DAGSYNC_NO_FASTIO": "1"}, **variants}.get(mode)
-                if a.env != variants.get(mode):  # a variant switches the sender too
+                b.python = sys.executable if mode == "harness-python" else None
+                if a.env != variants.get(mode) or a.python != b.python:  # the sender too
                     a.stop()
-                    a.env = variants.get(mode)
+                    a.env, a.python = variants.get(mode), b.python
                     a.start()
                     a.wait_ready()
                 os.sync()

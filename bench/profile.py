@@ -559,6 +559,7 @@ def main() -> int:
                     help="dir holding the dagsync/ package to profile, e.g. the snapshot a "
                          "bench/run.py run used (WORKDIR/src); default: a fresh snapshot "
                          "of this checkout")
+    R.agent_python.add_option(ap)
     args = ap.parse_args()
     global GIL_ONLY, RATE
     GIL_ONLY, RATE = args.gil, args.rate
@@ -568,6 +569,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.fresh_fs:
         R.mount_fresh_fs(work, args.fresh_fs)
+    R.use_agent_python(args.agent_python)
     R.load_dagsync(args.src.resolve() if args.src else R.snapshot_source(work / "src-profile"))
     R.PROCS.pidfile = work / "pids-profile"
     atexit.register(R.PROCS.stop_all)

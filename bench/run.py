@@ -77,6 +77,7 @@ wire = _bench_module("wire")
 scale = _bench_module("scale")
 plots_mod = _bench_module("plots")
 h2h = _bench_module("h2h")
+agent_python = _bench_module("agent_python")
 from common import (  # noqa: E402  (loaded by path just above)
     CLK_TCK,
     PROCS,
@@ -121,6 +122,19 @@ GOAL_RSS_BYTES = 60 * 1000 * 1000  # 60 MB (decimal, the stricter reading)
 
 SNAPSHOT_INFO: dict[str, str] = {}
 
+# The interpreter agents and one-shots run on (bench/agent_python.py: by default the one
+# the Debian package runs dagsync on), and what was chosen, for the results.
+AGENT_PYTHON: str = sys.executable
+AGENT_PYTHON_INFO: dict[str, str] = {"choice": "harness"}
+
+
+def use_agent_python(choice: str) -> None:
+    """Pick the agents' interpreter: before snapshot_source, which builds for it."""
+    global AGENT_PYTHON, AGENT_PYTHON_INFO
+    chosen = agent_python.resolve(choice, log)
+    AGENT_PYTHON, AGENT_PYTHON_INFO = chosen.exe, chosen.info
+    log(f"agents run on {chosen.info['agents']}")
+
 
 def snapshot_source(dst: Path, source: str = "head", rev: str = "HEAD") -> Path:
     """Put the dagsync/ package to measure in dst/dagsync; return dst. `head`: as committed
@@ -144,14 +158,15 @@ def snapshot_source(dst: Path, source: str = "head", rev: str = "HEAD") -> Path:
     # The C helper, as pip builds it at install (dagsync/_fastio.c, optional: without a
     # compiler the agents run bulkio's Python loops, and the results say so).
     if (dst / "setup.py").exists() and (dst / "dagsync" / "_fastio.c").exists():
-        built = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        built = subprocess.run([AGENT_PYTHON, "setup.py", "-q", "build_ext", "--inplace"],
                                cwd=dst, capture_output=True, text=True)
         SNAPSHOT_INFO["fastio"] = "built" if built.returncode == 0 and any(
             (dst / "dagsync").glob("_fastio*.so")) else "not built"
     # Byte-compiled as an installed package is (pip and the .deb compile it): this
     # environment may set PYTHONDONTWRITEBYTECODE, and an agent importing from source
     # would otherwise compile every module at each start (~0.15 s, ~1 MB of RSS).
-    run_cmd([sys.executable, "-m", "compileall", "-q", os.fspath(dst / "dagsync")])
+    for python in {AGENT_PYTHON, sys.executable}:  # the harness imports the snapshot too
+        run_cmd([python, "-m", "compileall", "-q", os.fspath(dst / "dagsync")])
     SNAPSHOT_INFO["byte_compiled"] = "yes"
     return dst
 
@@ -635,6 +650,7 @@ class Node:
         self.proc: subprocess.Popen[bytes] | None = None
         self.global_args: list[str] = []  # e.g. ["--log-format", "json"] (bench/profile.py)
         self.env: dict[str, str] | None = None  # extra environment for the agent
+        self.python: str | None = None  # another interpreter than AGENT_PYTHON
         if base.exists():
             retire(base)
         self.dags.mkdir(parents=True)
@@ -668,7 +684,8 @@ class Node:
         assert self.proc is None or self.proc.poll() is not None
         with contextlib.suppress(FileNotFoundError):
             self.sock.unlink()  # stale from a killed agent: readiness is its re-creation
-        self.proc = PROCS.start([sys.executable, "-m", "dagsync", *self.global_args, "agent",
+        self.proc = PROCS.start([self.python or AGENT_PYTHON, "-m", "dagsync", *self.global_args,
+                                 "agent",
                                  "--config", os.fspath(self.config)],
                                 f"dagsync-agent-{self.name}", self.log,
                                 env=child_env(self.env))
@@ -894,7 +911,7 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
         b_cpu0 = proc_cpu_s(b.proc.pid)
         cli0 = children_cpu_s()
         t0 = time.perf_counter()
-        p = PROCS.start([sys.executable, "-m", "dagsync", "sync", "--config",
+        p = PROCS.start([AGENT_PYTHON, "-m", "dagsync", "sync", "--config",
                          os.fspath(a.config), "--strict", "--timeout", "900"],
                         "dagsync-sync-a", base / "oneshot.log", env=child_env())
         try:
@@ -1261,6 +1278,7 @@ def versions() -> dict[str, Any]:
     v: dict[str, Any] = {
         "dagsync": dagsync.__version__,
         "python": platform.python_version(),
+        "agent_python": dict(AGENT_PYTHON_INFO),
         "rsync": first(["rsync", "--version"]),
         "openssh": first(["ssh", "-V"]),
     }
@@ -1390,9 +1408,18 @@ def render(res: dict[str, Any], json_rel: str, plots: dict[str, str] | None = No
     w(f"* dagsync {v['dagsync']}: {what}, copied when the run started (sha256 of "
       f"dagsync/*.py `{v.get('dagsync_source_sha256', '?')}`)"
       + (", byte-compiled as an installed package is" if snap.get("byte_compiled") else "")
-      + f" and run by every agent via PYTHONPATH; Python {v['python']}, "
-      f"asyncssh {v.get('asyncssh')}, cryptography {v.get('cryptography')}, "
-      f"watchdog {v.get('watchdog')}, xxhash {v.get('xxhash')}")
+      + f" and run by every agent via PYTHONPATH; asyncssh {v.get('asyncssh')}, "
+      f"cryptography {v.get('cryptography')}, watchdog {v.get('watchdog')}, "
+      f"xxhash {v.get('xxhash')}")
+    ap = v.get("agent_python") or {}
+    if ap.get("agents") and ap["agents"] != ap.get("harness"):
+        w(f"* Agents and one-shots run on {ap['agents']}: the interpreter the Debian package "
+          "runs dagsync on (`packaging/build-deb.sh`), with the harness's versions of "
+          f"dagsync's dependencies. The harness runs on {ap['harness']}; the in-process "
+          "rescan figure (b) is taken there (`bench/agent_python.py`)")
+    else:
+        w(f"* Agents, one-shots and the harness run on Python {v['python']}"
+          + (f" ({ap['fallback']})" if ap.get("fallback") else ""))
     w(f"* rsync: `{v['rsync']}`; OpenSSH: `{v['openssh']}`")
     for tool, ver in (v.get("anchors") or {}).items():
         w(f"* {tool}: `{ver}`")
@@ -1924,6 +1951,7 @@ def main() -> int:
                     help="run everything on a new ext4 file system of this size (a sparse "
                          "loop image beside --workdir, removed at exit; default 32 as root, "
                          "0 = use --workdir as it is)")
+    agent_python.add_option(ap)
     ap.add_argument("--no-doc", action="store_true", help="do not regenerate docs/benchmarks.md")
     ap.add_argument("--keep-workdir", action="store_true",
                     help="keep node folders, states and logs (default: removed on success)")
@@ -1954,6 +1982,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.fresh_fs:
         mount_fresh_fs(work, args.fresh_fs)
+    use_agent_python(args.agent_python)
     load_dagsync(snapshot_source(work / "src", args.source))
     PROCS.pidfile = work / "pids"
     atexit.register(remove_retired)  # runs last: after the agents are stopped
@@ -2032,7 +2061,7 @@ def main() -> int:
             assert sshd is not None and sshd.proc is not None
             with Section(res, "wire", "(f) bytes on the wire, one-line edit of 1 MB"):
                 res["wire"].update(wire.measure(work / "wire", sshd.cfg, sshd.port,
-                                                args.wire_reps, sys.executable, child_env(),
+                                                args.wire_reps, AGENT_PYTHON, child_env(),
                                                 anchors=with_anchors))
         if sshd is not None:
             sshd.stop()
