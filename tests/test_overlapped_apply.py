@@ -1,8 +1,8 @@
-"""Bulk rounds stage chunk N+1 while chunk N commits (remote_apply._apply_overlapped):
-every file lands whole with its metadata, the write-ahead notes end empty, a chunk that
-deletes is committed before the next one writes, and a crash mid-round is adopted on
-restart, never taken for local edits. Real engines on real files; the crash test kills a
-real agent."""
+"""Bulk rounds stage chunk N+1 while chunk N commits (remote_apply._apply_overlapped),
+and chunks staged during a slow commit share the next one: every file lands whole with
+its metadata, the write-ahead notes end empty, a chunk that deletes is committed before
+the next one writes, and a crash mid-round is adopted on restart, never taken for local
+edits. Real engines on real files; the crash test kills a real agent."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from dagsync import engine, remote_apply
+from dagsync import engine, fsio, remote_apply
 from dagsync.archive import ConflictArchive
 from dagsync.clock import VersionVector
 from dagsync.config import FolderConfig
@@ -63,7 +63,12 @@ async def sender_with(base: Path, count: int, content: Any = None
 
 
 def intent_notes(folder: engine.FolderEngine) -> list[str | None]:
-    return [folder.index.get_meta(folder._intent_key(s)) for s in range(2)]
+    return [folder.index.get_meta(folder._intent_key(s)) for s in range(engine.INTENT_SLOTS)]
+
+
+def notes_cleared(folder: engine.FolderEngine) -> bool:
+    """Every write-ahead note empty or never written."""
+    return all(n in ("[]", None) for n in intent_notes(folder))
 
 
 async def test_bulk_round_lands_every_chunk_and_clears_its_notes(
@@ -91,8 +96,15 @@ async def test_bulk_round_lands_every_chunk_and_clears_its_notes(
                     spans[name].append((t0, time.perf_counter()))
         return run
 
-    for name in ("stage", "commit"):
-        method = f"_{name}_chunk"
+    committed: list[int] = []
+    original_group = remote_apply.RemoteApply._commit_group
+
+    def counted(self: Any, chunks: Any, outcome: Any) -> Any:
+        committed.extend(c.number for c in chunks)
+        return original_group(self, chunks, outcome)
+
+    monkeypatch.setattr(remote_apply.RemoteApply, "_commit_group", counted)
+    for name, method in (("stage", "_stage_chunk"), ("commit", "_commit_group")):
         monkeypatch.setattr(remote_apply.RemoteApply, method,
                             timed(name, getattr(remote_apply.RemoteApply, method)))
     b = make_folder(tmp_path / "b", "b")
@@ -104,10 +116,11 @@ async def test_bulk_round_lands_every_chunk_and_clears_its_notes(
     assert on_disk(b.root) == on_disk(a.root)
     assert {p: r.version for p, r in b.records.items()} == {v.path: v for v in versions}
     assert all(b.records[v.path].stat is not None for v in versions)
-    assert intent_notes(b) in (["[]", "[]"], ["[]", None])
+    assert notes_cleared(b)
     assert b.applying == set()
     assert list((tmp_path / "b" / "state" / "tmp").iterdir()) == []
-    assert len(spans["stage"]) == len(spans["commit"]) == 4
+    assert len(spans["stage"]) == 4
+    assert committed == [1, 2, 3, 4]  # each chunk committed once, in order
     overlapped = [s for s in spans["stage"] for c in spans["commit"]
                   if s[0] < c[1] and c[0] < s[1]]
     assert overlapped, "no chunk was staged while another committed"
@@ -123,6 +136,49 @@ class ByHash(MemoryPeer):
 
     async def fetch_many(self, vs: list[FileVersion]) -> list[bytes | BaseException]:
         return [self.contents[v.hash] for v in vs]
+
+
+def slow_syncfs(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[float]:
+    """Every syncfs takes `seconds` longer (a slow disk); returns the list of calls."""
+    calls: list[float] = []
+    original = fsio._syncfs
+
+    def slow(fd: int) -> bool:
+        calls.append(time.perf_counter())
+        time.sleep(seconds)
+        return original(fd)
+
+    monkeypatch.setattr(fsio, "_syncfs", slow)
+    return calls
+
+
+async def test_chunks_staged_during_a_slow_commit_share_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a slow disk the chunks staged while the first commit waits are committed
+    together: one pair of syncfs calls for all of them, not one pair each, and still
+    every file lands, each chunk once, and every note ends empty."""
+    a, versions, data = await sender_with(tmp_path / "a", 1300)  # chunks 64, 512, 512, 212
+    b = make_folder(tmp_path / "b", "b")
+    await b.open()
+    groups: list[list[int]] = []
+    original = remote_apply.RemoteApply._commit_group
+
+    def recorded(self: Any, chunks: Any, outcome: Any) -> Any:
+        groups.append([c.number for c in chunks])
+        return original(self, chunks, outcome)
+
+    monkeypatch.setattr(remote_apply.RemoteApply, "_commit_group", recorded)
+    syncfs = slow_syncfs(monkeypatch, 0.25)
+    outcome = await b.apply_batch(versions, MemoryPeer(data))
+    assert outcome.failed == []
+    assert on_disk(b.root) == on_disk(a.root)
+    assert {p: r.version for p, r in b.records.items()} == {v.path: v for v in versions}
+    assert groups == [[1], [2, 3, 4]]
+    assert len(syncfs) == 2 * len(groups)
+    assert notes_cleared(b) and b.applying == set()
+    a.index.close()
+    b.index.close()
 
 
 async def test_a_bulk_round_takes_in_later_batches_as_it_runs(tmp_path: Path) -> None:
@@ -163,7 +219,7 @@ async def test_a_bulk_round_takes_in_later_batches_as_it_runs(tmp_path: Path) ->
     assert on_disk(b.root) == on_disk(a.root)
     assert {p: r.version for p, r in b.records.items()} == {
         p: r.version for p, r in a.records.items()}
-    assert intent_notes(b) in (["[]", "[]"], ["[]", None])
+    assert notes_cleared(b)
     assert b.applying == set()
     assert b.applied_total == 1500 + 3
     a.index.close()
@@ -245,7 +301,7 @@ async def test_both_chunks_notes_are_adopted_after_a_crash(tmp_path: Path) -> No
     await b.open()
     assert [b.version(v.path) for v in versions] == versions
     assert (await b.scan()).new_versions == 0  # not local edits
-    assert intent_notes(b) == ["[]", "[]"]
+    assert notes_cleared(b)
     b.index.close()
 
 
@@ -256,6 +312,7 @@ async def test_a_round_failing_mid_commit_leaves_notes_for_what_landed(
     full, say, or the process dying there) while chunk 4 was being staged: a restart
     adopts chunk 3's files as the cluster's versions from the notes, the staged chunk
     leaves no temp file and no path held in `applying`."""
+    monkeypatch.setattr(remote_apply, "COMMIT_GROUP", 1)  # one chunk per commit
     a, versions, data = await sender_with(tmp_path / "a", 1300)
     b = make_folder(tmp_path / "b", "b")
     await b.open()
@@ -285,6 +342,42 @@ async def test_a_round_failing_mid_commit_leaves_notes_for_what_landed(
     restarted.index.close()
 
 
+async def test_a_group_failing_to_record_is_adopted_from_each_chunks_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chunks 2-4 committed as one group, their files in place, then recording them
+    fails: a restart adopts every file from the three chunks' notes, none is taken for
+    a local edit."""
+    a, versions, data = await sender_with(tmp_path / "a", 1300)
+    b = make_folder(tmp_path / "b", "b")
+    await b.open()
+    slow_syncfs(monkeypatch, 0.25)  # chunks 2-4 are staged during chunk 1's commit
+    put, calls = b.index.put, []
+
+    def failing_put(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return put(*args, **kw)
+
+    monkeypatch.setattr(b.index, "put", failing_put)
+    with pytest.raises(OSError):
+        await b.apply_batch(versions, MemoryPeer(data))
+    assert len(b.records) == 64 and b.applying == set()
+    assert on_disk(b.root) == on_disk(a.root)  # all placed, three chunks unrecorded
+    assert sum(n not in ("[]", None) for n in intent_notes(b)) == 3
+    b.index.close()
+
+    restarted = make_folder(tmp_path / "b", "b")
+    await restarted.open()
+    assert {p: r.version for p, r in restarted.records.items()} == {
+        v.path: v for v in versions}
+    assert (await restarted.scan()).new_versions == 0
+    assert notes_cleared(restarted)
+    a.index.close()
+    restarted.index.close()
+
+
 async def test_a_cancelled_round_lets_its_threads_finish_and_holds_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -297,7 +390,8 @@ async def test_a_cancelled_round_lets_its_threads_finish_and_holds_nothing(
     loop = asyncio.get_running_loop()
     task: asyncio.Task[Any] | None = None
     commits = []
-    original = remote_apply.RemoteApply._commit_chunk
+    monkeypatch.setattr(remote_apply, "COMMIT_GROUP", 1)  # one chunk per commit
+    original = remote_apply.RemoteApply._commit_group
 
     def commit_cancelled_midway(self: Any, *args: Any) -> Any:
         commits.append(1)
@@ -306,7 +400,7 @@ async def test_a_cancelled_round_lets_its_threads_finish_and_holds_nothing(
             time.sleep(0.2)  # still committing when the cancellation arrives
         return original(self, *args)
 
-    monkeypatch.setattr(remote_apply.RemoteApply, "_commit_chunk", commit_cancelled_midway)
+    monkeypatch.setattr(remote_apply.RemoteApply, "_commit_group", commit_cancelled_midway)
     task = asyncio.create_task(b.apply_batch(versions, MemoryPeer(data)))
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -316,7 +410,7 @@ async def test_a_cancelled_round_lets_its_threads_finish_and_holds_nothing(
     assert 64 <= len(landed) < 1300
     assert set(landed) == {p for p, r in b.records.items() if not r.version.deleted}
 
-    monkeypatch.setattr(remote_apply.RemoteApply, "_commit_chunk", original)
+    monkeypatch.setattr(remote_apply.RemoteApply, "_commit_group", original)
     outcome = await b.apply_batch(versions, MemoryPeer(data))
     assert outcome.failed == []
     assert on_disk(b.root) == on_disk(a.root)
@@ -332,7 +426,7 @@ async def test_the_next_apply_drops_a_failed_rounds_stale_note(tmp_path: Path) -
     await b.open()
     b.index.set_meta(b._intent_key(1), json.dumps([versions[0].to_wire()]))
     assert (await b.apply_batch(versions, MemoryPeer(data))).failed == []
-    assert intent_notes(b) == ["[]", "[]"]
+    assert intent_notes(b)[:2] == ["[]", "[]"] and notes_cleared(b)
     a.index.close()
     b.index.close()
 
