@@ -37,7 +37,9 @@ FIRST_CHUNK = 64
 APPLY_CHUNK = 512  # files written and recorded per step; the next chunk is fetched meanwhile
 # Staged chunks one commit may make durable together. Each commit pays two syncfs calls
 # (~12 ms each here); when the disk is slower than staging, chunks wait and share them.
-COMMIT_GROUP = 4
+# Groups of 4 were no faster and kept ~2 MiB more of an idle receiver's heap (each chunk
+# waiting for a commit keeps its objects alive; docs/initial-sync.md).
+COMMIT_GROUP = 2
 assert INTENT_SLOTS >= 2 * COMMIT_GROUP  # a group committing, the next one filling up
 LOG_EACH_UP_TO = 20  # applied files logged one per line; more make one summary line
 
@@ -265,7 +267,7 @@ class RemoteApply(LocalChanges):
         """After groups' commits: log their chunks' timings and wake the senders."""
         for group in groups:
             for chunk in group.chunks:
-                self._log_chunk(chunk.number, len(chunk.decided), chunk.waited,
+                self._log_chunk(chunk.number, chunk.files, chunk.waited,
                                 chunk.seconds, chunk.cpu)
         if any(group.changed for group in groups):
             await self._notify()
@@ -339,8 +341,15 @@ class RemoteApply(LocalChanges):
                           if a.result is not None and a.kind is not ActionKind.KEEP], slot)
         paths = [p.remote.path for p, _, _ in decided]
         self._mark_applying(slot, with_parents(paths))
-        chunk = _Chunk(slot, decided, movable, fsio.Dirs(self.root), registered, set(paths))
-        creates = [d for d in decided if d[2].kind is not ActionKind.DELETE]
+        # A staged chunk keeps only what its commit needs: it may wait for a group's
+        # commit, and its deciding's objects would pin the allocator's arenas meanwhile.
+        creates: list[tuple[Planned, FileVersion | None, Action]] = []
+        deletes: list[tuple[Planned, FileVersion | None, Action]] = []
+        for d in decided:
+            (deletes if d[2].kind is ActionKind.DELETE else creates).append(d)
+        chunk = _Chunk(slot, len(decided), deletes, movable, fsio.Dirs(self.root), registered,
+                       set(paths))
+        del decided
         try:
             self._apply_decided(creates, contents, chunk.staged, chunk.done, outcome, movable,
                                 chunk.dirs)
@@ -371,8 +380,7 @@ class RemoteApply(LocalChanges):
                 for c in chunks:
                     c.dirs.close()
             gone: list[tuple[FileVersion, LocalStat | None]] = []
-            deletes = [d for d in chunks[-1].decided if d[2].kind is ActionKind.DELETE]
-            self._apply_decided(deletes, {}, [], gone, outcome, chunks[-1].movable)
+            self._apply_decided(chunks[-1].deletes, {}, [], gone, outcome, chunks[-1].movable)
             self._commit([], gone, outcome)
         finally:
             for c in chunks:
@@ -382,7 +390,7 @@ class RemoteApply(LocalChanges):
         done += gone
         seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu
         for c in chunks:  # the group's commit, shared out by files
-            share = len(c.decided) / max(1, sum(len(x.decided) for x in chunks))
+            share = c.files / max(1, sum(x.files for x in chunks))
             c.seconds += seconds * share
             c.cpu += cpu * share
         if not done:
@@ -623,7 +631,8 @@ class _Chunk:
     """A chunk of an apply round between _stage_chunk and _commit_chunk."""
 
     slot: int  # its write-ahead note and `applying` part (INTENT_SLOTS)
-    decided: list[tuple[Planned, FileVersion | None, Action]]
+    files: int  # entries decided
+    deletes: list[tuple[Planned, FileVersion | None, Action]]  # done after its files land
     movable: dict[str, list[str]]
     dirs: fsio.Dirs  # the directories its files were staged for; closed by the commit
     registered: int  # local edits found and registered before deciding
@@ -637,7 +646,7 @@ class _Chunk:
 
     @property
     def has_deletes(self) -> bool:
-        return any(a.kind is ActionKind.DELETE for _, _, a in self.decided)
+        return bool(self.deletes)
 
 
 @dataclass(slots=True)

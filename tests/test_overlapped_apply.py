@@ -155,9 +155,9 @@ def slow_syncfs(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[float]:
 async def test_chunks_staged_during_a_slow_commit_share_the_next_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """On a slow disk the chunks staged while the first commit waits are committed
-    together: one pair of syncfs calls for all of them, not one pair each, and still
-    every file lands, each chunk once, and every note ends empty."""
+    """On a slow disk the chunks staged while a commit waits are committed together
+    (up to COMMIT_GROUP): one pair of syncfs calls for them, not one pair each, and
+    still every file lands, each chunk once, and every note ends empty."""
     a, versions, data = await sender_with(tmp_path / "a", 1300)  # chunks 64, 512, 512, 212
     b = make_folder(tmp_path / "b", "b")
     await b.open()
@@ -174,7 +174,8 @@ async def test_chunks_staged_during_a_slow_commit_share_the_next_one(
     assert outcome.failed == []
     assert on_disk(b.root) == on_disk(a.root)
     assert {p: r.version for p, r in b.records.items()} == {v.path: v for v in versions}
-    assert groups == [[1], [2, 3, 4]]
+    assert remote_apply.COMMIT_GROUP == 2
+    assert groups == [[1], [2, 3], [4]]
     assert len(syncfs) == 2 * len(groups)
     assert notes_cleared(b) and b.applying == set()
     a.index.close()
@@ -345,13 +346,13 @@ async def test_a_round_failing_mid_commit_leaves_notes_for_what_landed(
 async def test_a_group_failing_to_record_is_adopted_from_each_chunks_note(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Chunks 2-4 committed as one group, their files in place, then recording them
-    fails: a restart adopts every file from the three chunks' notes, none is taken for
-    a local edit."""
+    """Chunks 2 and 3 committed as one group, their files in place, then recording them
+    fails: a restart adopts every file from the two chunks' notes, none is taken for a
+    local edit, and the staged chunk 4 leaves no temp file."""
     a, versions, data = await sender_with(tmp_path / "a", 1300)
     b = make_folder(tmp_path / "b", "b")
     await b.open()
-    slow_syncfs(monkeypatch, 0.25)  # chunks 2-4 are staged during chunk 1's commit
+    slow_syncfs(monkeypatch, 0.25)  # chunks 2 and 3 are staged during chunk 1's commit
     put, calls = b.index.put, []
 
     def failing_put(*args: Any, **kw: Any) -> Any:
@@ -364,14 +365,17 @@ async def test_a_group_failing_to_record_is_adopted_from_each_chunks_note(
     with pytest.raises(OSError):
         await b.apply_batch(versions, MemoryPeer(data))
     assert len(b.records) == 64 and b.applying == set()
-    assert on_disk(b.root) == on_disk(a.root)  # all placed, three chunks unrecorded
+    assert list((tmp_path / "b" / "state" / "tmp").iterdir()) == []
+    landed = on_disk(b.root)
+    assert len(landed) == 64 + 512 + 512  # chunks 2 and 3 placed, not recorded
+    # chunks 2 and 3's notes, and staged chunk 4's, which names nothing that landed
     assert sum(n not in ("[]", None) for n in intent_notes(b)) == 3
     b.index.close()
 
     restarted = make_folder(tmp_path / "b", "b")
     await restarted.open()
     assert {p: r.version for p, r in restarted.records.items()} == {
-        v.path: v for v in versions}
+        v.path: v for v in versions if v.path in landed}
     assert (await restarted.scan()).new_versions == 0
     assert notes_cleared(restarted)
     a.index.close()
