@@ -370,6 +370,7 @@ class RemoteApply(LocalChanges):
         of the chunks in place durably (one pair of syncfs calls for all of them) and
         record them, then the deletes (only the last chunk of a group may have any).
         True when the index changed."""
+        assert not any(c.has_deletes for c in chunks[:-1])  # _Lanes.blocks sees to it
         started, cpu = time.perf_counter(), time.thread_time()
         try:
             done = [d for c in chunks for d in c.done]  # _commit adds the staged ones
@@ -628,7 +629,7 @@ class RemoteApply(LocalChanges):
 
 @dataclass(slots=True)
 class _Chunk:
-    """A chunk of an apply round between _stage_chunk and _commit_chunk."""
+    """A chunk of an apply round between _stage_chunk and _commit_group."""
 
     slot: int  # its write-ahead note and `applying` part (INTENT_SLOTS)
     files: int  # entries decided
