@@ -138,6 +138,20 @@ class ByHash(MemoryPeer):
         return [self.contents[v.hash] for v in vs]
 
 
+def fail_recording(monkeypatch: pytest.MonkeyPatch, folder: engine.FolderEngine,
+                   nth: int) -> None:
+    """The folder's `nth` index write fails as on a full disk (the others go through)."""
+    put, calls = folder.index.put, []
+
+    def failing_put(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == nth:
+            raise OSError(28, "No space left on device")
+        return put(*args, **kw)
+
+    monkeypatch.setattr(folder.index, "put", failing_put)
+
+
 def slow_syncfs(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[float]:
     """Every syncfs takes `seconds` longer (a slow disk); returns the list of calls."""
     calls: list[float] = []
@@ -317,15 +331,7 @@ async def test_a_round_failing_mid_commit_leaves_notes_for_what_landed(
     a, versions, data = await sender_with(tmp_path / "a", 1300)
     b = make_folder(tmp_path / "b", "b")
     await b.open()
-    put, calls = b.index.put, []
-
-    def failing_put(*args: Any, **kw: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 3:
-            raise OSError(28, "No space left on device")
-        return put(*args, **kw)
-
-    monkeypatch.setattr(b.index, "put", failing_put)
+    fail_recording(monkeypatch, b, 3)
     with pytest.raises(OSError):
         await b.apply_batch(versions, MemoryPeer(data))
     assert b.applying == set()
@@ -353,15 +359,7 @@ async def test_a_group_failing_to_record_is_adopted_from_each_chunks_note(
     b = make_folder(tmp_path / "b", "b")
     await b.open()
     slow_syncfs(monkeypatch, 0.25)  # chunks 2 and 3 are staged during chunk 1's commit
-    put, calls = b.index.put, []
-
-    def failing_put(*args: Any, **kw: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 2:
-            raise OSError(28, "No space left on device")
-        return put(*args, **kw)
-
-    monkeypatch.setattr(b.index, "put", failing_put)
+    fail_recording(monkeypatch, b, 2)
     with pytest.raises(OSError):
         await b.apply_batch(versions, MemoryPeer(data))
     assert len(b.records) == 64 and b.applying == set()
