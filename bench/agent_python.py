@@ -73,10 +73,10 @@ def _pins() -> list[str]:
     return sorted(f"{k}=={v}" for k, v in seen.items())
 
 
-def _venv(base_exe: str, log: Callable[[str], None]) -> str:
+def _venv(base_exe: str, described: dict[str, str], log: Callable[[str], None]) -> str:
     """A venv on `base_exe` with the pinned dependencies, made once and kept in CACHE."""
     pins = _pins()
-    key = hashlib.sha256(json.dumps([os.path.realpath(base_exe), describe(base_exe), pins])
+    key = hashlib.sha256(json.dumps([os.path.realpath(base_exe), described, pins])
                          .encode()).hexdigest()[:12]
     where = CACHE / f"agent-venv-{key}"
     exe = where / "bin" / "python"
@@ -92,6 +92,17 @@ def _venv(base_exe: str, log: Callable[[str], None]) -> str:
     return os.fspath(exe)
 
 
+def _unusable(d: dict[str, str]) -> str:
+    """Why an interpreter described by `describe` cannot run the agents; "" if it can."""
+    if not d:
+        return "not found or does not run"
+    if not d.get("ok"):
+        return "older than 3.11"
+    if os.path.realpath(d["base"]) == os.path.realpath(sys.base_prefix):
+        return "the harness's own"
+    return ""
+
+
 def resolve(choice: str, log: Callable[[str], None]) -> AgentPython:
     """`packaged` (default), `harness`, or an interpreter's path. A packaged interpreter
     that is missing, older than 3.11, the harness's own, or cannot make a venv falls
@@ -102,12 +113,10 @@ def resolve(choice: str, log: Callable[[str], None]) -> AgentPython:
         return AgentPython(sys.executable, {**info, "agents": info["harness"]})
     base = PACKAGED if choice == "packaged" else choice
     d = describe(base)
-    why = ("not found or does not run" if not d else "older than 3.11" if not d.get("ok")
-           else "the harness's own" if os.path.realpath(d["base"]) == os.path.realpath(
-               sys.base_prefix) else "")
+    why = _unusable(d)
     if not why:
         try:
-            exe = _venv(base, log)
+            exe = _venv(base, d, log)
         except (OSError, subprocess.CalledProcessError) as exc:
             why = f"no venv: {getattr(exc, 'stderr', b'') or exc}"[:300]
     if why:

@@ -684,8 +684,8 @@ class Node:
         assert self.proc is None or self.proc.poll() is not None
         with contextlib.suppress(FileNotFoundError):
             self.sock.unlink()  # stale from a killed agent: readiness is its re-creation
-        self.proc = PROCS.start([self.python or AGENT_PYTHON, "-m", "dagsync", *self.global_args,
-                                 "agent",
+        python = self.python or AGENT_PYTHON
+        self.proc = PROCS.start([python, "-m", "dagsync", *self.global_args, "agent",
                                  "--config", os.fspath(self.config)],
                                 f"dagsync-agent-{self.name}", self.log,
                                 env=child_env(self.env))
@@ -1413,9 +1413,10 @@ def render(res: dict[str, Any], json_rel: str, plots: dict[str, str] | None = No
       f"xxhash {v.get('xxhash')}")
     ap = v.get("agent_python") or {}
     if ap.get("agents") and ap["agents"] != ap.get("harness"):
-        w(f"* Agents and one-shots run on {ap['agents']}: the interpreter the Debian package "
-          "runs dagsync on (`packaging/build-deb.sh`), with the harness's versions of "
-          f"dagsync's dependencies. The harness runs on {ap['harness']}; the in-process "
+        why = (": the interpreter the Debian package runs dagsync on "
+               "(`packaging/build-deb.sh`)" if ap.get("choice") == "packaged" else "")
+        w(f"* Agents and one-shots run on {ap['agents']}{why}, with the harness's versions "
+          f"of dagsync's dependencies. The harness runs on {ap['harness']}; the in-process "
           "rescan figure (b) is taken there (`bench/agent_python.py`)")
     else:
         w(f"* Agents, one-shots and the harness run on Python {v['python']}"
