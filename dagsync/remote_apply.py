@@ -250,14 +250,11 @@ class RemoteApply(LocalChanges):
         chunks that were staged but will not be committed: their temp files, their
         directory fds and their paths in `applying` (their notes stay: they name nothing
         that landed)."""
-        running = {f for f in (staging, lanes.committing) if f is not None}
-        if running:
-            await asyncio.wait(running)
-        left = lanes.waiting
+        if staging is not None:
+            await asyncio.wait({staging})
+        left = await lanes.settle()
         if staging is not None and not staging.cancelled() and staging.exception() is None:
             left.append(staging.result())
-        if lanes.committing is not None and not lanes.committing.cancelled():
-            lanes.committing.exception()  # retrieved; the round's own error is the one raised
         for pending in left:
             pending.dirs.close()
             fsio.abort([st for st, _ in pending.staged])
@@ -667,13 +664,13 @@ class _Lanes:
                  commit: Callable[[list[_Chunk], BatchOutcome], bool],
                  outcome: BatchOutcome) -> None:
         self._loop, self._commit, self._outcome = loop, commit, outcome
-        self.committing: asyncio.Future[bool] | None = None
-        self._group: list[_Chunk] = []  # what `committing` commits
-        self.waiting: list[_Chunk] = []  # staged, not handed to a commit yet
+        self._committing: asyncio.Future[bool] | None = None
+        self._group: list[_Chunk] = []  # what `_committing` commits
+        self._waiting: list[_Chunk] = []  # staged, not handed to a commit yet
 
     def blocks(self, chunk: list[Planned]) -> bool:
         """Whether every chunk in flight must be committed before `chunk` is staged."""
-        in_flight = [*self._group, *self.waiting]
+        in_flight = [*self._group, *self._waiting]
         if not in_flight:
             return False
         paths = [p.remote.path for p in chunk]
@@ -681,35 +678,44 @@ class _Lanes:
 
     async def add(self, staged: _Chunk) -> list[_Group]:
         """Hand a staged chunk over; returns the groups whose commit ended meanwhile."""
-        self.waiting.append(staged)
+        self._waiting.append(staged)
         ended = []
-        if self.committing is not None and (
-                self.committing.done() or len(self.waiting) >= COMMIT_GROUP):
+        if self._committing is not None and (
+                self._committing.done() or len(self._waiting) >= COMMIT_GROUP):
             ended.append(await self._finish())
-        if self.committing is None:
+        if self._committing is None:
             self._start()
         return ended
 
     async def drain(self) -> list[_Group]:
         """Commit everything in flight; the groups committed."""
         ended = []
-        if self.committing is not None:
+        if self._committing is not None:
             ended.append(await self._finish())
-        if self.waiting:
+        if self._waiting:
             self._start()
             ended.append(await self._finish())
         return ended
 
+    async def settle(self) -> list[_Chunk]:
+        """After a failed or cancelled round: let the commit running finish (its thread
+        cannot be stopped) and return the staged chunks no commit took."""
+        if self._committing is not None:
+            await asyncio.wait({self._committing})
+            if not self._committing.cancelled():
+                self._committing.exception()  # retrieved; the round's error is the one raised
+        return self._waiting
+
     def _start(self) -> None:
-        self._group, self.waiting = self.waiting, []
-        self.committing = self._loop.run_in_executor(None, self._commit, self._group,
+        self._group, self._waiting = self._waiting, []
+        self._committing = self._loop.run_in_executor(None, self._commit, self._group,
                                                      self._outcome)
 
     async def _finish(self) -> _Group:
-        assert self.committing is not None
+        assert self._committing is not None
         # shielded: a cancelled await must not lose the thread's result (_settle waits)
-        changed = await asyncio.shield(self.committing)
-        group, self.committing, self._group = _Group(self._group, changed), None, []
+        changed = await asyncio.shield(self._committing)
+        group, self._committing, self._group = _Group(self._group, changed), None, []
         return group
 
 
