@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import secrets
+import shutil
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -54,6 +55,9 @@ class StagedWrite:
     mode: int
     mtime_ns: int  # as the file system stored it
     inode: int = 0  # the temp's inode, which the committed file keeps
+    # Written under its final name in `temp_dir`, a staged copy of its parent directory,
+    # which did not exist: commit() renames the whole directory into place at once.
+    whole_dir: bool = False
 
     @property
     def in_temp_dir(self) -> bool:
@@ -277,7 +281,7 @@ def stage_file(
 
 def stage_files(
     root: Path, writes: Sequence[tuple[str, bytes, int, int]], temp_dir: Path | None,
-    dirs: Dirs | None = None,
+    dirs: Dirs | None = None, *, whole_dirs: bool = False,
 ) -> list[StagedWrite | OSError | PathRefused]:
     """Write each (relpath, data, mode, mtime_ns) to a temp file with its final mode and
     mtime; per write, its StagedWrite or the exception that failed it.
@@ -288,34 +292,79 @@ def stage_files(
     fsynced here: commit() makes a whole batch durable at once. A failed write leaves no
     temp. The syscalls of the whole batch run in one bulkio call. Pass the `dirs` the
     batch will be committed with to open each directory once.
+
+    With `whole_dirs` (and a `temp_dir`), the files of a directory that does not exist
+    yet are written under their final names in a staged copy of it in `temp_dir`: commit()
+    then renames the directory into place, one rename instead of a link and an unlink
+    per file (an initial sync creates every directory; docs/initial-sync.md). Only for
+    a folder nobody watches meanwhile: a watcher would see one directory arrive.
     """
     results: list[StagedWrite | OSError | PathRefused] = []
     items: list[bulkio.StageItem] = []
-    made: list[tuple[int, str, str, int]] = []  # (results index, relpath, temp, mode)
+    made: list[tuple[int, str, str, int, Path | None]] = []  # (at, relpath, temp, mode, dir)
     with _dirs_for(root, dirs) as ds:
         temp_fd = ds.other(temp_dir) if temp_dir is not None else -1
+        fresh = _fresh_dirs(root, [w[0] for w in writes]) if whole_dirs and temp_dir else set()
+        copies: dict[str, tuple[int, Path] | None] = {}  # fresh dir -> its staged copy
         for relpath, data, mode, mtime_ns in writes:
-            try:
-                folder_pfd = ds.parent(relpath, create=True)
-            except (OSError, PathRefused) as e:
-                results.append(e)
-                continue
-            tmp = paths.temp_name(_basename(relpath), _temp_token())
             perm = mode & 0o7777
-            if temp_dir is not None:  # open() applies the umask; chmod if it cut bits
-                items.append((temp_fd, tmp, data, perm, bool(perm & (0o7000 | _UMASK)),
-                              mtime_ns))
-            else:  # beside the file: private (0o600) until its final mode is set
-                items.append((folder_pfd, tmp, data, perm, True, mtime_ns))
-            made.append((len(results), relpath, tmp, mode))
+            chmod = bool(perm & (0o7000 | _UMASK))  # open() applies the umask: chmod if cut
+            reldir = relpath.rpartition("/")[0]
+            copy = _staged_copy(ds, temp_fd, temp_dir, reldir, copies) if reldir in fresh \
+                else None
+            if copy is not None:  # under its final name in the directory's staged copy
+                fd, tmp, where = copy[0], _basename(relpath), copy[1]
+            else:
+                try:
+                    folder_pfd = ds.parent(relpath, create=True)
+                except (OSError, PathRefused) as e:
+                    results.append(e)
+                    continue
+                tmp = paths.temp_name(_basename(relpath), _temp_token())
+                if temp_dir is not None:
+                    fd, where = temp_fd, temp_dir
+                else:  # beside the file: private (0o600) until its final mode is set
+                    fd, where, chmod = folder_pfd, None, True
+            items.append((fd, tmp, data, perm, chmod, mtime_ns))
+            made.append((len(results), relpath, tmp, mode, where))
             results.append(OSError("not staged"))  # replaced below
         staged = bulkio.stage_files(items)
-    for (at, relpath, tmp, mode), out in zip(made, staged, strict=True):
+    for (at, relpath, tmp, mode, where), out in zip(made, staged, strict=True):
         if isinstance(out, int):
             results[at] = OSError(out, os.strerror(out), str(root / relpath))
         else:
-            results[at] = StagedWrite(root, relpath, tmp, temp_dir, mode, out[0], out[1])
+            results[at] = StagedWrite(root, relpath, tmp, where, mode, out[0], out[1],
+                                      whole_dir=where is not None and where != temp_dir)
     return results
+
+
+def _fresh_dirs(root: Path, relpaths: Sequence[str]) -> set[str]:
+    """The parent directories of `relpaths` that do not exist and hold no other parent
+    of the batch (creating that one's parents would create them): each can be staged
+    whole. A wrong answer costs only speed: commit() falls back to file by file."""
+    parents = {r.rpartition("/")[0] for r in relpaths}
+    parents.discard("")
+    above = {d.rsplit("/", i)[0] for d in parents for i in range(1, d.count("/") + 1)}
+    return {d for d in parents - above if not os.path.lexists(root / d)}
+
+
+def _staged_copy(ds: Dirs, temp_fd: int, temp_dir: Path | None, reldir: str,
+                 copies: dict[str, tuple[int, Path] | None]) -> tuple[int, Path] | None:
+    """The staged copy of new directory `reldir` in `temp_dir` (fd, path), made on first
+    use, after its parents in the folder (confined). None if it cannot be made."""
+    if reldir in copies:
+        return copies[reldir]
+    copy: tuple[int, Path] | None = None
+    if temp_dir is not None:
+        try:
+            ds.parent(reldir, create=True)
+            name = paths.temp_name(_basename(reldir), _temp_token())
+            os.mkdir(name, 0o755, dir_fd=temp_fd)
+            copy = (ds.other(temp_dir / name), temp_dir / name)
+        except (OSError, PathRefused) as e:
+            log.debug("cannot stage %s whole: %s", reldir, e)
+    copies[reldir] = copy
+    return copy
 
 
 def commit(staged: Sequence[StagedWrite], dirs: Dirs | None = None) -> None:
@@ -330,9 +379,10 @@ def commit(staged: Sequence[StagedWrite], dirs: Dirs | None = None) -> None:
     CommitError; the rest of the batch is committed.
     """
     failed: dict[str, Exception] = {}
-    groups: dict[tuple[Path, str], list[StagedWrite]] = {}
-    for s in staged:
-        groups.setdefault((s.root, s.relpath.rpartition("/")[0]), []).append(s)
+    groups: dict[tuple[Path, str, Path | None], list[StagedWrite]] = {}
+    for s in staged:  # by directory; a staged copy of a new directory is a group of its own
+        key = (s.root, s.relpath.rpartition("/")[0], s.temp_dir if s.whole_dir else None)
+        groups.setdefault(key, []).append(s)
 
     def fail(group: list[StagedWrite], e: Exception) -> None:
         for s in group:
@@ -354,8 +404,10 @@ def commit(staged: Sequence[StagedWrite], dirs: Dirs | None = None) -> None:
     ready: list[tuple[int, list[StagedWrite]]] = []
     try:
         for group in groups.values():
+            first = group[0]  # a staged copy goes into the parent of its directory
+            anchor = first.relpath.rpartition("/")[0] if first.whole_dir else first.relpath
             try:
-                pfd = dirs_of(group[0].root).parent(group[0].relpath, create=False)
+                pfd = dirs_of(first.root).parent(anchor, create=False)
             except (OSError, PathRefused) as e:
                 fail(group, e)
                 continue
@@ -383,8 +435,20 @@ def _rename_all(
     one bulkio call; directories elsewhere are fsynced file by file and once each."""
     batch: list[StagedWrite] = []
     items: list[bulkio.PlaceItem] = []
+    copies: list[StagedWrite] = []  # staged copies placed file by file, removed after
     for pfd, group in ready:
         need_fsync = os.fstat(pfd).st_dev not in synced
+        if group[0].whole_dir:
+            if not need_fsync and _place_copy(group[0], pfd, dirs_of):
+                continue
+            copies.append(group[0])
+            try:  # the directory exists after all (or no syncfs): file by file into it
+                pfd = dirs_of(group[0].root).parent(group[0].relpath, create=True)
+            except (OSError, PathRefused) as e:
+                for s in group:
+                    failed[s.relpath] = e
+                    _abort_one(s)
+                continue
         renamed = False
         for s in group:
             try:
@@ -406,6 +470,43 @@ def _rename_all(
         if err:
             failed[s.relpath] = OSError(err, os.strerror(err), str(s.final_path))
             _abort_one(s)
+    _remove_copies(copies)
+
+
+def _place_copy(first: StagedWrite, pfd: int, dirs_of: Callable[[Path], Dirs]) -> bool:
+    """Rename the staged copy holding `first` into place as its new directory, below
+    `pfd`; False (nothing done) if a directory or anything else holds the name now."""
+    assert first.temp_dir is not None
+    reldir = first.relpath.rpartition("/")[0]
+    try:
+        src_fd = dirs_of(first.root).other(first.temp_dir.parent)
+        _rename_noreplace(src_fd, first.temp_dir.name, pfd, _basename(reldir))
+    except OSError as e:
+        log.debug("%s placed file by file: %s", reldir, e)
+        return False
+    return True
+
+
+def _remove_copies(firsts: Iterable[StagedWrite]) -> None:
+    """Remove the staged copies (emptied, or whose files failed) of these files."""
+    for copy in {s.temp_dir for s in firsts if s.whole_dir and s.temp_dir is not None}:
+        with contextlib.suppress(OSError):
+            os.rmdir(copy)
+
+
+def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
+    """renameat2(RENAME_NOREPLACE): an existing `dst`, even an empty directory, stays."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        fn = _libc.renameat2
+    except (OSError, AttributeError):
+        raise OSError(errno.ENOSYS, "renameat2 is not available", dst) from None
+    if fn(ctypes.c_int(src_fd), os.fsencode(src), ctypes.c_int(dst_fd), os.fsencode(dst),
+          ctypes.c_uint(1)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), dst)
 
 
 def _place(src_fd: int, tmp: str, dst_fd: int, name: str, from_temp_dir: bool) -> None:
@@ -431,6 +532,7 @@ def abort(staged: Sequence[StagedWrite]) -> None:
     """Remove the temp files of writes that will not be committed; missing ones are fine."""
     for s in staged:
         _abort_one(s)
+    _remove_copies(staged)
 
 
 def write_file(root: Path, relpath: str, data: bytes, mode: int, mtime_ns: int) -> None:
@@ -589,11 +691,13 @@ def read_range(
         os.close(fd)
 
 
-def cleanup_temp_files(root: Path) -> list[Path]:
+def cleanup_temp_files(root: Path, *, copies: bool = False) -> list[Path]:
     """Remove temp files a crash left below `root`; return what was removed.
 
     Only names in dagsync's temp namespace (paths.is_temp_name) that are files or
-    symlinks are touched; symlinked directories are not entered.
+    symlinks are touched; symlinked directories are not entered. With `copies` (the
+    private temp dir, never the folder), directories in that namespace are staged copies
+    of new directories (stage_files' whole_dirs): removed with everything in them.
     """
     removed: list[Path] = []
     stack: list[tuple[int, Path]] = [(_open_root(root), root)]
@@ -605,7 +709,10 @@ def cleanup_temp_files(root: Path) -> list[Path]:
             for entry in entries:
                 try:
                     st = entry.stat(follow_symlinks=False)
-                    if stat.S_ISDIR(st.st_mode):
+                    if stat.S_ISDIR(st.st_mode) and copies and paths.is_temp_name(entry.name):
+                        shutil.rmtree(dpath / entry.name)
+                        removed.append(dpath / entry.name)
+                    elif stat.S_ISDIR(st.st_mode):
                         stack.append(
                             (os.open(entry.name, _DIR_FLAGS, dir_fd=dfd), dpath / entry.name)
                         )

@@ -88,7 +88,7 @@ class Node:
         self.clock = SharedClock(int(hlc) if hlc else 0)
         temp_dir = state_dir / "tmp"
         ensure_dir(temp_dir)
-        for leftover in cleanup_temp_files(temp_dir):
+        for leftover in cleanup_temp_files(temp_dir, copies=True):
             log.info("removed temp file left by a crash: %s", leftover)
         self.folders: dict[str, FolderEngine] = {
             f.id: FolderEngine(f, self.name, self.index, self.archive, self.clock,

@@ -228,7 +228,7 @@ class RemoteApply(LocalChanges):
                     if lanes.blocks(chunk):
                         await self._committed(await lanes.drain())
                     staging = loop.run_in_executor(None, self._stage_chunk, chunk, contents,
-                                                   outcome, number % INTENT_SLOTS)
+                                                   outcome, number % INTENT_SLOTS, True)
                     # shielded: a cancelled await must not lose the thread's result
                     staged, staging = await asyncio.shield(staging), None
                     number += 1
@@ -302,11 +302,13 @@ class RemoteApply(LocalChanges):
 
     def _stage_chunk(
         self, planned: list[Planned], contents: dict[str, bytes], outcome: BatchOutcome,
-        slot: int,
+        slot: int, whole_dirs: bool = False,
     ) -> _Chunk:
         """First half of applying a chunk, in a worker thread under the folder lock:
         decide, note the intent, write new content to temp files (and do the moves,
-        symlinks and metadata-only changes). _commit_chunk makes it visible."""
+        symlinks and metadata-only changes). _commit_chunk makes it visible. With
+        `whole_dirs` (a bulk round: nothing watches the folder meanwhile), the files of a
+        new directory are staged in a copy of it, which the commit renames into place."""
         started, cpu = time.perf_counter(), time.thread_time()
         # A file edited locally since we recorded it is a local change: register it
         # first, so deciding against it archives it instead of overwriting it unseen.
@@ -349,7 +351,7 @@ class RemoteApply(LocalChanges):
         del decided
         try:
             self._apply_decided(creates, contents, chunk.staged, chunk.done, outcome, movable,
-                                chunk.dirs)
+                                chunk.dirs, whole_dirs)
         except BaseException:
             chunk.dirs.close()
             self._mark_applying(slot, None)
@@ -418,6 +420,7 @@ class RemoteApply(LocalChanges):
         outcome: BatchOutcome,
         movable: dict[str, list[str]],
         dirs: fsio.Dirs | None = None,
+        whole_dirs: bool = False,
     ) -> None:
         pending: list[tuple[FileVersion, bytes]] = []
         for p, local, action in decided:
@@ -462,7 +465,7 @@ class RemoteApply(LocalChanges):
                 continue
             if item is not None:
                 done.append(item)
-        for result, why in self._stage(pending, staged, dirs):
+        for result, why in self._stage(pending, staged, dirs, whole_dirs):
             if isinstance(why, PathRefused):
                 self._refuse(outcome, result.path, why)
             else:
@@ -482,13 +485,15 @@ class RemoteApply(LocalChanges):
         pending: list[tuple[FileVersion, bytes]],
         staged: list[tuple[fsio.StagedWrite, FileVersion]],
         dirs: fsio.Dirs | None,
+        whole_dirs: bool = False,
     ) -> list[tuple[FileVersion, OSError | PathRefused]]:
         """Write the verified content of `pending` to temp files in one batch (adding them
         to `staged`); the versions that could not be written, with why."""
         if not pending:
             return []
         writes = [(v.path, data, v.mode, v.mtime_ns) for v, data in pending]
-        results = fsio.stage_files(self.root, writes, self.temp_dir, dirs)
+        results = fsio.stage_files(self.root, writes, self.temp_dir, dirs,
+                                   whole_dirs=whole_dirs)
         failed: list[tuple[FileVersion, OSError | PathRefused]] = []
         for (version, _), res in zip(pending, results, strict=True):
             if isinstance(res, fsio.StagedWrite):
@@ -729,10 +734,33 @@ def _conflict_key(loser: FileVersion, winner: FileVersion) -> tuple[str, str, st
 
 def _chunks(planned: list[Planned], first: int = FIRST_CHUNK) -> list[list[Planned]]:
     """A small first chunk, so writing starts while the next ones are still fetched,
-    then APPLY_CHUNK at a time (each chunk pays two syncfs and one transaction)."""
-    chunks = [planned[:first]]
-    chunks += [planned[i : i + APPLY_CHUNK] for i in range(first, len(planned), APPLY_CHUNK)]
+    then up to APPLY_CHUNK at a time (each chunk pays two syncfs and one transaction),
+    ended where a directory's files end when that keeps at least half of it."""
+    chunks: list[list[Planned]] = []
+    start, size = 0, first
+    while start < len(planned) or not chunks:
+        end = _chunk_end(planned, start, size)
+        chunks.append(planned[start:end])
+        start, size = end, APPLY_CHUNK
     return chunks
+
+
+def _chunk_end(planned: list[Planned], start: int, size: int) -> int:
+    """Where the chunk from `start` ends: after `size` entries, or before them after the
+    last file of a directory (a new directory whose files all fall in one chunk is
+    staged whole and renamed into place at once: fsio.stage_files), never under half."""
+    end = start + size
+    if end >= len(planned):
+        return len(planned)
+    split = _parent_of(planned[end])  # the directory the next chunk would start in
+    cut, least = end, start + max(1, size // 2)
+    while cut > least and _parent_of(planned[cut - 1]) == split:
+        cut -= 1
+    return cut if _parent_of(planned[cut - 1]) != split else end
+
+
+def _parent_of(p: Planned) -> str:
+    return p.remote.path.rpartition("/")[0]
 
 
 class _Feed:

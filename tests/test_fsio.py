@@ -491,3 +491,113 @@ def test_stage_files_refuses_a_symlinked_parent_and_stages_the_rest(
     assert list(outside.iterdir()) == []
     assert (root / "team" / "ok.py").read_bytes() == b"ok"
     assert temps_below(root) == [] and list(temp.iterdir()) == []
+
+
+# --- new directories staged whole (bulk rounds) ----------------------------------------
+
+
+@pytest.fixture
+def private(tmp_path: Path) -> Path:
+    p = tmp_path / "private-tmp"
+    p.mkdir()
+    return p
+
+
+def stage_whole(root: Path, private: Path, files: dict[str, bytes],
+                dirs: fsio.Dirs | None = None) -> list[fsio.StagedWrite]:
+    out = fsio.stage_files(root, [(rel, data, 0o640, MTIME) for rel, data in files.items()],
+                           private, dirs, whole_dirs=True)
+    assert all(isinstance(s, fsio.StagedWrite) for s in out), out
+    return [s for s in out if isinstance(s, fsio.StagedWrite)]
+
+
+def assert_landed(root: Path, staged: list[fsio.StagedWrite], files: dict[str, bytes]) -> None:
+    for s in staged:
+        st = (root / s.relpath).stat()
+        assert (root / s.relpath).read_bytes() == files[s.relpath]
+        assert (st.st_ino, st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == (s.inode, MTIME, 0o640)
+
+
+def test_a_new_directory_is_staged_whole_and_appears_at_once(
+    root: Path, private: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its files wait under their final names in a copy of the directory in the private
+    temp dir, invisible in the folder; the commit renames the directory in, no file is
+    linked one by one; files of an existing directory go the usual way."""
+    (root / "old").mkdir()
+    files = {"team/new/a.py": b"a", "team/new/b.py": b"bb", "old/c.py": b"ccc"}
+    staged = stage_whole(root, private, files)
+    assert {s.relpath: s.whole_dir for s in staged} == {
+        "team/new/a.py": True, "team/new/b.py": True, "old/c.py": False}
+    assert not (root / "team" / "new").exists()  # its parent is made, it is not
+    assert not (root / "old" / "c.py").exists()
+    placed: list[int] = []
+    real = bulkio.place_files
+    monkeypatch.setattr(bulkio, "place_files", lambda items: placed.append(len(items))
+                        or real(items))
+    fsio.commit(staged)
+    assert placed == [1]  # only old/c.py went through link and unlink
+    assert_landed(root, staged, files)
+    assert sorted(os.listdir(root / "team" / "new")) == ["a.py", "b.py"]
+    assert list(private.iterdir()) == []
+
+
+def test_a_directory_made_meanwhile_takes_the_files_one_by_one(
+    root: Path, private: Path
+) -> None:
+    """Whoever made the directory after staging (a local user, another chunk) keeps it
+    and what it holds: the staged copy never replaces it, its files are placed into it."""
+    files = {"new/a.py": b"a", "new/b.py": b"b"}
+    staged = stage_whole(root, private, files)
+    (root / "new").mkdir()
+    (root / "new" / "mine.py").write_bytes(b"local")
+    fsio.commit(staged)
+    assert_landed(root, staged, files)
+    assert (root / "new" / "mine.py").read_bytes() == b"local"
+    assert list(private.iterdir()) == []
+    # an empty directory made meanwhile is not replaced either (plain rename would)
+    staged = stage_whole(root, private, {"empty/x.py": b"x"})
+    (root / "empty").mkdir()
+    ino = (root / "empty").stat().st_ino
+    fsio.commit(staged)
+    assert (root / "empty").stat().st_ino == ino
+    assert (root / "empty" / "x.py").read_bytes() == b"x"
+    assert list(private.iterdir()) == []
+
+
+def test_a_staged_directory_is_never_placed_through_a_symlink(
+    root: Path, private: Path, outside: Path
+) -> None:
+    files = {"new/a.py": b"evil"}
+    staged = stage_whole(root, private, files)
+    (root / "new").symlink_to(outside)
+    with pytest.raises(fsio.CommitError) as caught:
+        fsio.commit(staged)
+    assert set(caught.value.failed) == {"new/a.py"}
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.py"]
+    assert list(private.iterdir()) == []
+
+
+def test_only_the_deepest_new_directories_are_staged_whole(root: Path, private: Path) -> None:
+    """A new directory holding another new one is made in the folder (the inner one's
+    parent must exist for its rename); nested trees land whole all the same."""
+    files = {"n/a.py": b"a", "n/sub/b.py": b"b", "n/sub/deeper/c.py": b"c"}
+    staged = stage_whole(root, private, files)
+    assert {s.relpath: s.whole_dir for s in staged} == {
+        "n/a.py": False, "n/sub/b.py": False, "n/sub/deeper/c.py": True}
+    fsio.commit(staged)
+    assert_landed(root, staged, files)
+    assert list(private.iterdir()) == []
+
+
+def test_an_aborted_or_crashed_staged_directory_leaves_nothing(
+    root: Path, private: Path
+) -> None:
+    staged = stage_whole(root, private, {"new/a.py": b"a", "new/b.py": b"b"})
+    fsio.abort(staged)
+    assert list(private.iterdir()) == [] and not (root / "new").exists()
+    stage_whole(root, private, {"crash/a.py": b"a"})  # the agent dies before commit
+    assert len(list(private.iterdir())) == 1
+    assert fsio.cleanup_temp_files(root) == []  # the folder has no leftovers
+    removed = fsio.cleanup_temp_files(private, copies=True)
+    assert len(removed) == 1 and list(private.iterdir()) == []

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -75,7 +76,7 @@ async def test_bulk_round_lands_every_chunk_and_clears_its_notes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rng = random.Random(3)
-    a, versions, data = await sender_with(  # chunks of 64, 512, 512, 212
+    a, versions, data = await sender_with(  # chunks of 44, 474, 474, 308
         tmp_path / "a", 1300, lambda i: rng.randbytes(rng.randint(0, 3000)))
     for i in range(0, 1300, 7):
         (a.root / f"team_{i % 30}/dag_{i}.py").chmod(0o755)
@@ -172,7 +173,7 @@ async def test_chunks_staged_during_a_slow_commit_share_the_next_one(
     """On a slow disk the chunks staged while a commit waits are committed together
     (up to COMMIT_GROUP): one pair of syncfs calls for them, not one pair each, and
     still every file lands, each chunk once, and every note ends empty."""
-    a, versions, data = await sender_with(tmp_path / "a", 1300)  # chunks 64, 512, 512, 212
+    a, versions, data = await sender_with(tmp_path / "a", 1300)  # chunks 44, 474, 474, 308
     b = make_folder(tmp_path / "b", "b")
     await b.open()
     groups: list[list[int]] = []
@@ -337,7 +338,7 @@ async def test_a_round_failing_mid_commit_leaves_notes_for_what_landed(
     assert b.applying == set()
     assert list((tmp_path / "b" / "state" / "tmp").iterdir()) == []
     landed = on_disk(b.root)
-    assert 64 + 512 < len(landed) < 1300  # chunk 3 in place, chunk 4 not
+    assert 44 + 474 < len(landed) < 1300  # chunk 3 in place, chunk 4 not
     b.index.close()
 
     restarted = make_folder(tmp_path / "b", "b")
@@ -362,10 +363,11 @@ async def test_a_group_failing_to_record_is_adopted_from_each_chunks_note(
     fail_recording(monkeypatch, b, 2)
     with pytest.raises(OSError):
         await b.apply_batch(versions, MemoryPeer(data))
-    assert len(b.records) == 64 and b.applying == set()
+    sizes = [len(c) for c in remote_apply._chunks([SimpleNamespace(remote=v) for v in versions])]
+    assert len(b.records) == sizes[0] and b.applying == set()
     assert list((tmp_path / "b" / "state" / "tmp").iterdir()) == []
     landed = on_disk(b.root)
-    assert len(landed) == 64 + 512 + 512  # chunks 2 and 3 placed, not recorded
+    assert len(landed) == sum(sizes[:3])  # chunks 2 and 3 placed, not recorded
     # chunks 2 and 3's notes, and staged chunk 4's, which names nothing that landed
     assert sum(n not in ("[]", None) for n in intent_notes(b)) == 3
     b.index.close()
@@ -472,3 +474,30 @@ def test_kill9_during_a_bulk_round_leaves_no_torn_file_and_no_false_local_edit(
         origins = _records(node)
         assert len(origins) == 2500
         assert set(origins.values()) == {"a"}, node.name
+
+
+def test_chunks_end_where_a_directory_ends_when_that_keeps_half_of_them() -> None:
+    """So that a new directory's files fall in one chunk (staged whole, one rename), as
+    often as chunks of at least half the size allow; a path is never lost or repeated."""
+    def planned(paths: list[str]) -> list[Any]:  # _chunks reads only .remote.path
+        return [SimpleNamespace(remote=SimpleNamespace(path=p)) for p in paths]
+
+    size, first = remote_apply.APPLY_CHUNK, remote_apply.FIRST_CHUNK
+    # directories of 300 files: the 2nd chunk ends after the 2nd directory's last file
+    paths = [f"d{i // 300:02d}/f{i:05d}.py" for i in range(2000)]
+    chunks = remote_apply._chunks(planned(paths))
+    assert [p.remote.path for c in chunks for p in c] == paths
+    assert first == 64 and size == 512  # the sizes below follow from these
+    # the 2nd chunk cannot end at d00's end (under half): full; the others end at a
+    # directory's end, so d02, d03 and d04 are each in one chunk
+    assert [len(c) for c in chunks] == [64, 512, 324, 300, 300, 500]
+    dirs_of = [{p.remote.path.split("/")[0] for p in c} for c in chunks]
+    assert dirs_of[2:] == [{"d01", "d02"}, {"d03"}, {"d04"}, {"d05", "d06"}]
+    # one directory bigger than a chunk: chunks of the full size
+    chunks = remote_apply._chunks(planned([f"big/f{i:05d}.py" for i in range(1600)]))
+    assert [len(c) for c in chunks] == [64, 512, 512, 512]
+    # tiny chunks still move on; a later batch's first chunk ends at a directory too
+    assert [len(c) for c in remote_apply._chunks(planned(["a/1", "a/2", "b/3"]), 1)] == [1, 2]
+    assert [len(c) for c in remote_apply._chunks(planned(paths), size)] == [
+        300, 300, 300, 300, 300, 500]
+    assert remote_apply._chunks([]) == [[]]
