@@ -23,7 +23,7 @@ from dagsync.index import Index, LocalStat, Record, RecordFields
 from dagsync.model import Action, FileVersion
 from dagsync.recstore import RecordStore
 
-INTENT_SLOTS = 4  # chunks of one apply round in flight at once (remote_apply)
+INTENT_SLOTS = 6  # chunks of one apply round in flight at once (remote_apply)
 
 log = logging.getLogger("dagsync.engine")  # one logger for the whole folder engine
 

@@ -22,7 +22,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,6 +242,19 @@ def _syncfs(fd: int) -> bool:
     return False
 
 
+def sync_root(root: Path) -> int | None:
+    """syncfs the file system of `root` (what commit(settle=False) placed there, and
+    what was staged since); its device, or None if it took sync(2) instead."""
+    fd = _open_root(root)
+    try:
+        if _syncfs(fd):
+            return os.fstat(fd).st_dev
+        os.sync()
+        return None
+    finally:
+        os.close(fd)
+
+
 def _fsync_at(dir_fd: int, name: str) -> None:
     fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     try:
@@ -367,7 +380,8 @@ def _staged_copy(ds: Dirs, temp_fd: int, temp_dir: Path | None, reldir: str,
     return copy
 
 
-def commit(staged: Sequence[StagedWrite], dirs: Dirs | None = None) -> None:
+def commit(staged: Sequence[StagedWrite], dirs: Dirs | None = None, *, settle: bool = True,
+           synced: Collection[int] = ()) -> None:
     """Make staged files durable, then visible, then make the renames durable.
 
     One syncfs(2) per file system covers every temp file (fsync of each file where
@@ -377,6 +391,11 @@ def commit(staged: Sequence[StagedWrite], dirs: Dirs | None = None) -> None:
     with) is given; either way a parent swapped for a symlink cannot redirect a file
     outside the folder. Files that fail lose their temp and are reported together in
     CommitError; the rest of the batch is committed.
+
+    Without `settle`, that last syncfs is left out for the file system of the folder
+    root: the caller must not record the files as landed before a later syncfs there
+    (sync_root). `synced`: devices the caller synced after staging (sync_root), whose
+    first syncfs is not repeated here.
     """
     failed: dict[str, Exception] = {}
     groups: dict[tuple[Path, str, Path | None], list[StagedWrite]] = {}
@@ -413,10 +432,12 @@ def commit(staged: Sequence[StagedWrite], dirs: Dirs | None = None) -> None:
                 continue
             device_fd.setdefault(os.fstat(pfd).st_dev, pfd)
             ready.append((pfd, group))
-        synced = {dev for dev, fd in device_fd.items() if _syncfs(fd)}
-        _rename_all(ready, synced, failed, dirs_of)
+        done_first = {dev for dev, fd in device_fd.items() if dev in synced or _syncfs(fd)}
+        _rename_all(ready, done_first, failed, dirs_of)
         # 3. the renames themselves: one more syncfs instead of an fsync per directory
-        for dev in synced:
+        roots = set() if settle else {os.fstat(dirs_of(r).dir("", "", create=False)).st_dev
+                                      for r, _, _ in groups}
+        for dev in done_first - roots:
             _syncfs(device_fd[dev])
     finally:
         for ds in own:

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dagsync import fsio
@@ -35,12 +35,14 @@ log = logging.getLogger("dagsync.engine")
 BULK_ROUND = 512  # a round this big pauses the folder's watcher (see FolderState.on_bulk)
 FIRST_CHUNK = 64
 APPLY_CHUNK = 512  # files written and recorded per step; the next chunk is fetched meanwhile
-# Staged chunks one commit may make durable together. Each commit pays two syncfs calls
-# (~12 ms each here); when the disk is slower than staging, chunks wait and share them.
+# Staged chunks one commit may make durable together. Each commit pays a syncfs (~20 ms
+# here; it also makes the group before's renames durable, _commit_group); when the disk is
+# slower than staging, chunks wait and share it.
 # Groups of 4 were no faster and kept ~2 MiB more of an idle receiver's heap (each chunk
 # waiting for a commit keeps its objects alive; docs/initial-sync.md).
 COMMIT_GROUP = 2
-assert INTENT_SLOTS >= 2 * COMMIT_GROUP  # a group committing, the next one filling up
+# in flight: a group placed, waiting for its record, one committing, the next filling up
+assert INTENT_SLOTS >= 3 * COMMIT_GROUP
 LOG_EACH_UP_TO = 20  # applied files logged one per line; more make one summary line
 
 # Further remote entries a bulk round takes in while it runs: the next index batch already
@@ -195,11 +197,11 @@ class RemoteApply(LocalChanges):
 
     async def _apply_overlapped(self, feed: _Feed, fetch: Fetch, outcome: BatchOutcome) -> None:
         """A bulk round: chunks are decided and staged in one worker thread while the
-        chunks staged before them are committed in another (syncfs, link into place,
-        syncfs, record: mostly waiting for the disk), and the next chunk's content is
-        fetched meanwhile. A commit takes every chunk staged while the one before it ran,
-        up to COMMIT_GROUP: when the disk is the slower side, several chunks share one
-        pair of syncfs calls. The chunks come from `feed`, which takes in further index
+        chunks staged before them are committed in another (syncfs, record the group
+        before, put into place: mostly waiting for the disk), and the next chunk's
+        content is fetched meanwhile. A commit takes every chunk staged while the one
+        before it ran, up to COMMIT_GROUP: when the disk is the slower side, several
+        chunks share one syncfs. The chunks come from `feed`, which takes in further index
         batches as the round runs. Each chunk in flight has its own write-ahead note
         (intent slot). A chunk is staged while others are in flight only when it shares
         no path with them and none of them deletes (a delete may remove a directory the
@@ -362,41 +364,69 @@ class RemoteApply(LocalChanges):
 
     def _commit_chunk(self, chunk: _Chunk, outcome: BatchOutcome) -> bool:
         """Second half of applying a chunk: _commit_group of the chunk alone."""
-        return self._commit_group([chunk], outcome)
+        return self._commit_group([chunk], outcome)[0]
 
-    def _commit_group(self, chunks: list[_Chunk], outcome: BatchOutcome) -> bool:
+    def _commit_group(
+        self, chunks: list[_Chunk], outcome: BatchOutcome, placed: _Placed | None = None,
+        final: bool = True,
+    ) -> tuple[bool, _Placed | None]:
         """Second half, in a worker thread under the folder lock: put the staged files
-        of the chunks in place durably (one pair of syncfs calls for all of them) and
-        record them, then the deletes (only the last chunk of a group may have any).
-        True when the index changed."""
+        of the chunks in place durably and record them, then the deletes (only the last
+        chunk of a group may have any). True when the index changed.
+
+        Unless `final`, a group without deletes is placed but not recorded yet: its
+        renames become durable with the next commit's first syncfs (the one that makes
+        that group's content durable), which saves a syncfs a group. It is returned as
+        _Placed, and the next commit, given it as `placed`, records it first. Until then
+        its chunks' notes name its files: a crash meanwhile adopts them on restart."""
         assert not any(c.has_deletes for c in chunks[:-1])  # _Lanes.blocks sees to it
+        defer = not final and bool(chunks) and not chunks[-1].has_deletes
         started, cpu = time.perf_counter(), time.thread_time()
+        done = [d for c in chunks for d in c.done]  # _place adds the staged ones
+        gone: list[tuple[FileVersion, LocalStat | None]] = []
+        kept: _Placed | None = None
+        staged = [s for c in chunks for s in c.staged]
         try:
-            done = [d for c in chunks for d in c.done]  # _commit adds the staged ones
             try:
-                self._commit([s for c in chunks for s in c.staged], done, outcome,
-                             chunks[0].dirs)
+                synced: set[int] = set()
+                if placed is not None:
+                    try:  # one syncfs: this group's content, and the last group's renames
+                        device = fsio.sync_root(self.root)
+                        synced = {device} if device is not None else set()
+                        self._record_landed(placed.done, outcome)
+                    except BaseException:
+                        fsio.abort([st for st, _ in staged])
+                        raise
+                    for c in placed.chunks:
+                        self._set_intent([], c.slot)
+                self._place(staged, done, outcome, chunks[0].dirs if chunks else None,
+                            settle=not defer, synced=synced)
             finally:  # closed before a delete removes a directory
                 for c in chunks:
                     c.dirs.close()
-            gone: list[tuple[FileVersion, LocalStat | None]] = []
-            self._apply_decided(chunks[-1].deletes, {}, [], gone, outcome, chunks[-1].movable)
-            self._commit([], gone, outcome)
-        finally:
-            for c in chunks:
+            if defer:
+                kept = _Placed(chunks, done)
+            else:
+                self._record_landed(done, outcome)
+                if chunks:
+                    self._apply_decided(chunks[-1].deletes, {}, [], gone, outcome,
+                                        chunks[-1].movable)
+                    self._record_landed(gone, outcome)
+                for c in chunks:
+                    self._set_intent([], c.slot)
+        finally:  # a kept group's paths stay held until it is recorded
+            for c in [*(placed.chunks if placed else ()), *(chunks if kept is None else ())]:
                 self._mark_applying(c.slot, None)
-        for c in chunks:
-            self._set_intent([], c.slot)
-        done += gone
         seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu
         for c in chunks:  # the group's commit, shared out by files
             share = c.files / max(1, sum(x.files for x in chunks))
             c.seconds += seconds * share
             c.cpu += cpu * share
-        if not done:
-            return sum(c.registered for c in chunks) > 0  # a local edit found now is news
-        self._log_applied([v for v, _ in done])
-        return True
+        recorded = (placed.done if placed else []) + ([] if kept else done + gone)
+        if not recorded:  # a local edit found now is news
+            return sum(c.registered for c in chunks) > 0, kept
+        self._log_applied([v for v, _ in recorded])
+        return True, kept
 
     def _log_applied(self, versions: list[FileVersion]) -> None:
         """One line per file for the everyday trickle; one summary line for a bulk
@@ -547,10 +577,25 @@ class RemoteApply(LocalChanges):
         dirs: fsio.Dirs | None = None,
     ) -> None:
         """Make staged files visible at once (one syncfs), then record everything done."""
+        self._place(staged, done, outcome, dirs)
+        self._record_landed(done, outcome)
+
+    def _place(
+        self,
+        staged: list[tuple[fsio.StagedWrite, FileVersion]],
+        done: list[tuple[FileVersion, LocalStat | None]],
+        outcome: BatchOutcome,
+        dirs: fsio.Dirs | None = None,
+        *,
+        settle: bool = True,
+        synced: Collection[int] = (),
+    ) -> None:
+        """Put staged files in place (fsio.commit) and add those that landed to `done`;
+        the ones that failed go to `outcome`."""
         if staged:
             failed: dict[str, Exception] = {}
             try:
-                fsio.commit([s for s, _ in staged], dirs)
+                fsio.commit([s for s, _ in staged], dirs, settle=settle, synced=synced)
             except fsio.CommitError as exc:
                 failed = exc.failed
             except OSError as exc:
@@ -563,6 +608,10 @@ class RemoteApply(LocalChanges):
             for st, v in staged:
                 if v.path not in failed:  # the committed file is the staged inode
                     done.append((v, LocalStat(v.size, st.mtime_ns, st.inode)))
+
+    def _record_landed(self, done: list[tuple[FileVersion, LocalStat | None]],
+                       outcome: BatchOutcome) -> None:
+        """Record what landed in the index and in memory, in one transaction."""
         if not done:
             return
         # Later local edits must beat what we hold. Observing the newest covers the rest,
@@ -660,22 +709,31 @@ class _Group:
     changed: bool = False
 
 
+@dataclass(slots=True)
+class _Placed:
+    """A group whose files are in place, recorded by the next commit (_commit_group)."""
+
+    chunks: list[_Chunk]
+    done: list[tuple[FileVersion, LocalStat | None]]
+
+
 class _Lanes:
     """The commit lane of a bulk round. A chunk staged while a commit runs waits; the
     next commit takes every waiting chunk, so a slow disk makes groups (up to
-    COMMIT_GROUP) rather than a queue of one syncfs pair per chunk."""
+    COMMIT_GROUP) rather than a queue of one syncfs pair per chunk. A group is recorded
+    by the commit after it (_commit_group's `placed`), or by drain()."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 commit: Callable[[list[_Chunk], BatchOutcome], bool],
+    def __init__(self, loop: asyncio.AbstractEventLoop, commit: _Commit,
                  outcome: BatchOutcome) -> None:
         self._loop, self._commit, self._outcome = loop, commit, outcome
-        self._committing: asyncio.Future[bool] | None = None
+        self._committing: asyncio.Future[tuple[bool, _Placed | None]] | None = None
         self._group: list[_Chunk] = []  # what `_committing` commits
         self._waiting: list[_Chunk] = []  # staged, not handed to a commit yet
+        self._placed: _Placed | None = None  # in place, for the next commit to record
 
     def blocks(self, chunk: list[Planned]) -> bool:
         """Whether every chunk in flight must be committed before `chunk` is staged."""
-        in_flight = [*self._group, *self._waiting]
+        in_flight = [*self._group, *self._waiting, *(self._placed.chunks if self._placed else ())]
         if not in_flight:
             return False
         paths = [p.remote.path for p in chunk]
@@ -689,39 +747,53 @@ class _Lanes:
                 self._committing.done() or len(self._waiting) >= COMMIT_GROUP):
             ended.append(await self._finish())
         if self._committing is None:
-            self._start()
+            self._start(final=False)
         return ended
 
     async def drain(self) -> list[_Group]:
-        """Commit everything in flight; the groups committed."""
+        """Commit and record everything in flight; the groups committed."""
         ended = []
         if self._committing is not None:
             ended.append(await self._finish())
-        if self._waiting:
-            self._start()
+        if self._waiting or self._placed is not None:
+            self._start(final=True)
             ended.append(await self._finish())
         return ended
 
     async def settle(self) -> list[_Chunk]:
         """After a failed or cancelled round: let the commit running finish (its thread
-        cannot be stopped) and return the staged chunks no commit took."""
+        cannot be stopped), record what is in place if that still works, and return the
+        staged chunks no commit took."""
         if self._committing is not None:
             await asyncio.wait({self._committing})
-            if not self._committing.cancelled():
-                self._committing.exception()  # retrieved; the round's error is the one raised
+            if not self._committing.cancelled() and self._committing.exception() is None:
+                self._placed = self._committing.result()[1]
+            self._committing = None  # its error, if any, was retrieved: the round raises its own
+        if self._placed is not None:
+            placed, self._placed = self._placed, None
+            try:
+                await self._loop.run_in_executor(None, self._commit, [], self._outcome,
+                                                 placed, True)
+            except Exception as exc:  # its notes stay: a restart adopts what landed
+                log.warning("cannot record files already in place: %s", exc)
         return self._waiting
 
-    def _start(self) -> None:
+    def _start(self, *, final: bool) -> None:
         self._group, self._waiting = self._waiting, []
+        placed, self._placed = self._placed, None
         self._committing = self._loop.run_in_executor(None, self._commit, self._group,
-                                                     self._outcome)
+                                                     self._outcome, placed, final)
 
     async def _finish(self) -> _Group:
         assert self._committing is not None
         # shielded: a cancelled await must not lose the thread's result (_settle waits)
-        changed = await asyncio.shield(self._committing)
+        changed, self._placed = await asyncio.shield(self._committing)
         group, self._committing, self._group = _Group(self._group, changed), None, []
         return group
+
+
+_Commit = Callable[[list[_Chunk], BatchOutcome, "_Placed | None", bool],
+                   tuple[bool, "_Placed | None"]]
 
 
 class ContentMissing(Exception):

@@ -100,9 +100,9 @@ async def test_bulk_round_lands_every_chunk_and_clears_its_notes(
     committed: list[int] = []
     original_group = remote_apply.RemoteApply._commit_group
 
-    def counted(self: Any, chunks: Any, outcome: Any) -> Any:
+    def counted(self: Any, chunks: Any, *args: Any) -> Any:
         committed.extend(c.number for c in chunks)
-        return original_group(self, chunks, outcome)
+        return original_group(self, chunks, *args)
 
     monkeypatch.setattr(remote_apply.RemoteApply, "_commit_group", counted)
     for name, method in (("stage", "_stage_chunk"), ("commit", "_commit_group")):
@@ -171,17 +171,17 @@ async def test_chunks_staged_during_a_slow_commit_share_the_next_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """On a slow disk the chunks staged while a commit waits are committed together
-    (up to COMMIT_GROUP): one pair of syncfs calls for them, not one pair each, and
-    still every file lands, each chunk once, and every note ends empty."""
+    (up to COMMIT_GROUP): one syncfs for them, not two each, and still every file
+    lands, each chunk once, and every note ends empty."""
     a, versions, data = await sender_with(tmp_path / "a", 1300)  # chunks 44, 474, 474, 308
     b = make_folder(tmp_path / "b", "b")
     await b.open()
     groups: list[list[int]] = []
     original = remote_apply.RemoteApply._commit_group
 
-    def recorded(self: Any, chunks: Any, outcome: Any) -> Any:
+    def recorded(self: Any, chunks: Any, *args: Any) -> Any:
         groups.append([c.number for c in chunks])
-        return original(self, chunks, outcome)
+        return original(self, chunks, *args)
 
     monkeypatch.setattr(remote_apply.RemoteApply, "_commit_group", recorded)
     syncfs = slow_syncfs(monkeypatch, 0.25)
@@ -191,8 +191,51 @@ async def test_chunks_staged_during_a_slow_commit_share_the_next_one(
     assert {p: r.version for p, r in b.records.items()} == {v.path: v for v in versions}
     assert remote_apply.COMMIT_GROUP == 2
     assert groups == [[1], [2, 3], [4]]
-    assert len(syncfs) == 2 * len(groups)
+    # one syncfs a group (its content, and the renames of the group before), one more
+    # for the last group's renames
+    assert len(syncfs) == len(groups) + 1
     assert notes_cleared(b) and b.applying == set()
+    a.index.close()
+    b.index.close()
+
+
+async def test_no_file_is_recorded_before_a_syncfs_after_its_placement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A group's record waits for the next group's syncfs: between placing files and
+    recording them there is always a syncfs (a power cut never leaves a record of a
+    file whose rename was lost), and a round takes one syncfs a group, plus one."""
+    a, versions, data = await sender_with(tmp_path / "a", 1300)
+    b = make_folder(tmp_path / "b", "b")
+    await b.open()
+    events: list[str] = []
+    real_sync, real_place, real_put = fsio._syncfs, fsio._rename_all, b.index.put
+
+    def sync(fd: int) -> bool:
+        events.append("sync")
+        return real_sync(fd)
+
+    def place(*args: Any) -> None:
+        events.append("place")
+        real_place(*args)
+
+    def put(*args: Any, **kw: Any) -> Any:
+        events.append("record")
+        return real_put(*args, **kw)
+
+    monkeypatch.setattr(fsio, "_syncfs", sync)
+    monkeypatch.setattr(fsio, "_rename_all", place)
+    monkeypatch.setattr(b.index, "put", put)
+    outcome = await b.apply_batch(versions, MemoryPeer(data))
+    assert outcome.failed == [] and on_disk(b.root) == on_disk(a.root)
+    assert notes_cleared(b) and b.applying == set()
+    places = events.count("place")
+    assert places >= 3 and events.count("record") == places
+    for i, event in enumerate(events):
+        if event == "record":
+            last_place = max(j for j in range(i) if events[j] == "place")
+            assert "sync" in events[last_place:i], events
+    assert events.count("sync") == places + 1
     a.index.close()
     b.index.close()
 
