@@ -806,8 +806,9 @@ def wait_converged(targets: list[Node], ref: dict[str, tuple[int, str, int, int]
 def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
                   sshd: SSHD, key: str = "initial", oneshot: bool = True,
                   with_anchors: bool = True) -> None:
-    """Initial sync to an empty peer; per run, interleaved: rsync over ssh, unison and
-    Syncthing (with_anchors), dagsync agent -> agent, dagsync one-shot (oneshot)."""
+    """Initial sync to an empty peer; per run, interleaved: unison and Syncthing
+    (with_anchors), rsync over ssh and dagsync agent -> agent (taking turns to go
+    first), `rsync --fsync` (with_anchors), dagsync one-shot (oneshot)."""
     base = work / key
     a, b = Node("a", base / "a"), Node("b", base / "b")
     mesh([a, b])
@@ -850,21 +851,52 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
             anc["syncthing"]["initial_s"].append(t)
             log(f"(a) run {i + 1}/{runs} Syncthing A -> new B: {t:.3f} s")
 
-        # rsync -a --delete over ssh to an empty target
-        empty_dir(rsync_dst)
-        cmd = sshd.rsync_cmd(a.dags, rsync_dst)
-        os.sync()
-        meter = CpuMeter()
-        t, cpu_s = timed_rsync(cmd, rsync_log, sshd.pid)
-        cpu["rsync"].append(meter.read())
-        cpu_secs["rsync"].append(cpu_s)
-        d = compare(ref, snapshot(rsync_dst))
-        if not identical(d):
-            raise BenchError(f"rsync run {i + 1}: target differs from A: {d}")
-        rs.append(t)
-        log(f"(a) run {i + 1}/{runs} rsync over ssh: {t:.3f} s; others' CPU "
-            f"{cpu['rsync'][-1]['others_pct']} %")
-        if with_anchors:  # reference: rsync made as durable as dagsync (fsync per file)
+        # rsync and the agent take turns going first: the tool that follows another's
+        # writes may find the disk still busy with them (docs/benchmarks.md).
+        for tool in (("rsync", "agent") if i % 2 == 0 else ("agent", "rsync")):
+            if tool == "rsync":
+                # rsync -a --delete over ssh to an empty target
+                empty_dir(rsync_dst)
+                cmd = sshd.rsync_cmd(a.dags, rsync_dst)
+                os.sync()
+                meter = CpuMeter()
+                t, cpu_s = timed_rsync(cmd, rsync_log, sshd.pid)
+                cpu["rsync"].append(meter.read())
+                cpu_secs["rsync"].append(cpu_s)
+                d = compare(ref, snapshot(rsync_dst))
+                if not identical(d):
+                    raise BenchError(f"rsync run {i + 1}: target differs from A: {d}")
+                rs.append(t)
+                log(f"(a) run {i + 1}/{runs} rsync over ssh: {t:.3f} s; others' CPU "
+                    f"{cpu['rsync'][-1]['others_pct']} %")
+                continue
+            # dagsync agent -> agent: A running, B empty and brand new
+            b.stop()
+            b.reset()
+            a.alive()
+            os.sync()
+            meter = CpuMeter()
+            marks: dict[str, float] = {}
+            assert a.proc is not None
+            a_cpu0 = proc_cpu_s(a.proc.pid)
+            t0 = time.perf_counter()
+            b.start()
+            t, c = wait_converged([b], ref, t0, timeout=900, what=f"agent run {i + 1}",
+                                  procs=[a, b], marks=marks,
+                                  probe=lambda a0=a_cpu0: agents_cpu_s([a, b]) - a0)
+            cpu_secs["agent"].append(marks["probe"])
+            cpu["agent"].append(meter.read())
+            ag.append(t)
+            ag_compares.append(c)
+            ag_marks.append(marks)
+            meta["agent"] = compare(ref, snapshot(b.dags))
+            b.stop()  # its rescan after the round must not run into rsync's timing
+            log(f"(a) run {i + 1}/{runs} dagsync agent->agent: {t:.3f} s (B ready "
+                f"{marks.get('b_ready_s', 0):.2f} s, first file "
+                f"{marks.get('first_file_s', 0):.2f} s; {c} full compare(s)); others' CPU "
+                f"{cpu['agent'][-1]['others_pct']} %")
+
+        if with_anchors:  # reference, after both: rsync as durable as dagsync (fsync per file)
             empty_dir(rsync_dst)
             t = timed_rsync(sshd.rsync_cmd(a.dags, rsync_dst, fsync=True), rsync_log)[0]
             d = compare(ref, snapshot(rsync_dst))
@@ -872,30 +904,6 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
                 raise BenchError(f"rsync --fsync run {i + 1}: target differs from A: {d}")
             rs_fsync.append(t)
             log(f"(a) run {i + 1}/{runs} rsync --fsync over ssh: {t:.3f} s")
-
-        # dagsync agent -> agent: A running, B empty and brand new
-        b.stop()
-        b.reset()
-        a.alive()
-        os.sync()
-        meter = CpuMeter()
-        marks: dict[str, float] = {}
-        assert a.proc is not None
-        a_cpu0 = proc_cpu_s(a.proc.pid)
-        t0 = time.perf_counter()
-        b.start()
-        t, c = wait_converged([b], ref, t0, timeout=900, what=f"agent run {i + 1}",
-                              procs=[a, b], marks=marks,
-                              probe=lambda a0=a_cpu0: agents_cpu_s([a, b]) - a0)
-        cpu_secs["agent"].append(marks["probe"])
-        cpu["agent"].append(meter.read())
-        ag.append(t)
-        ag_compares.append(c)
-        ag_marks.append(marks)
-        meta["agent"] = compare(ref, snapshot(b.dags))
-        log(f"(a) run {i + 1}/{runs} dagsync agent->agent: {t:.3f} s (B ready "
-            f"{marks.get('b_ready_s', 0):.2f} s, first file {marks.get('first_file_s', 0):.2f}"
-            f" s; {c} full compare(s)); others' CPU {cpu['agent'][-1]['others_pct']} %")
 
         if not oneshot:
             continue
@@ -1499,7 +1507,11 @@ def render(res: dict[str, Any], json_rel: str, plots: dict[str, str] | None = No
         if rt:
             w(row_stats("ssh", "connect + auth + `true`", rt, "per-command cost rsync pays"))
         w("")
-        w(f"Runs are interleaved (rsync, agent, one-shot; then again). A's agent indexed the "
+        w("Runs are interleaved: unison and Syncthing, then rsync and the agent taking turns "
+          "to go first (rsync in odd runs, the agent in even ones: a tool that follows "
+          "another's writes can find the disk still busy with them), then `rsync --fsync` "
+          "and the one-shot; then again. "
+          f"A's agent indexed the "
           f"{ini['files']:,} files in {f_s(ini['a_first_index_s'])} before the first run "
           "(not part of any figure). Agent → agent timing polls B's file count every 20 ms "
           "(each directory is listed until it holds its expected number of files, so the "
