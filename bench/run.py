@@ -808,7 +808,8 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
                   with_anchors: bool = True) -> None:
     """Initial sync to an empty peer; per run, interleaved: unison and Syncthing
     (with_anchors), rsync over ssh and dagsync agent -> agent (taking turns to go
-    first), `rsync --fsync` (with_anchors), dagsync one-shot (oneshot)."""
+    first), dagsync one-shot (oneshot), `rsync --fsync` (with_anchors) last: a tool
+    right after its fsyncs ran ~10 % slower (docs/initial-sync.md)."""
     base = work / key
     a, b = Node("a", base / "a"), Node("b", base / "b")
     mesh([a, b])
@@ -896,7 +897,45 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
                 f"{marks.get('first_file_s', 0):.2f} s; {c} full compare(s)); others' CPU "
                 f"{cpu['agent'][-1]['others_pct']} %")
 
-        if with_anchors:  # reference, after both: rsync as durable as dagsync (fsync per file)
+        if oneshot:
+            # dagsync one-shot `sync` on A (no agent there) -> agent on empty B
+            a.stop()
+            b.stop()
+            b.reset()
+            b.start()
+            b.wait_ready()
+            os.sync()
+            meter = CpuMeter()
+            assert b.proc is not None
+            b_cpu0 = proc_cpu_s(b.proc.pid)
+            cli0 = children_cpu_s()
+            t0 = time.perf_counter()
+            p = PROCS.start([AGENT_PYTHON, "-m", "dagsync", "sync", "--config",
+                             os.fspath(a.config), "--strict", "--timeout", "900"],
+                            "dagsync-sync-a", base / "oneshot.log", env=child_env())
+            try:
+                rc = p.wait(960)
+            finally:
+                PROCS.stop(p)
+            t_exit = time.perf_counter() - t0
+            if rc != 0:
+                raise BenchError(f"one-shot sync run {i + 1} exited {rc}:\n"
+                                 f"{tail(base / 'oneshot.log')}")
+            t, c = wait_converged([b], ref, t0, timeout=120, what=f"one-shot run {i + 1}",
+                                  procs=[b], marks=(marks := {}),
+                                  probe=lambda b0=b_cpu0: agents_cpu_s([b]) - b0)
+            cpu["oneshot"].append(meter.read())
+            cpu_secs["oneshot"].append(children_cpu_s() - cli0 + marks["probe"])
+            one.append(max(t, t_exit))
+            one_exit.append(t_exit)
+            one_compares.append(c)
+            meta["oneshot"] = compare(ref, snapshot(b.dags))
+            log(f"(a) run {i + 1}/{runs} dagsync one-shot sync: exit {t_exit:.3f} s, B complete "
+                f"{max(t, t_exit):.3f} s")
+            b.stop()
+            a.start()
+            a.wait_ready()
+        if with_anchors:  # reference, last: rsync as durable as dagsync (fsync per file)
             empty_dir(rsync_dst)
             t = timed_rsync(sshd.rsync_cmd(a.dags, rsync_dst, fsync=True), rsync_log)[0]
             d = compare(ref, snapshot(rsync_dst))
@@ -904,46 +943,6 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
                 raise BenchError(f"rsync --fsync run {i + 1}: target differs from A: {d}")
             rs_fsync.append(t)
             log(f"(a) run {i + 1}/{runs} rsync --fsync over ssh: {t:.3f} s")
-
-        if not oneshot:
-            continue
-        # dagsync one-shot `sync` on A (no agent there) -> agent on empty B
-        a.stop()
-        b.stop()
-        b.reset()
-        b.start()
-        b.wait_ready()
-        os.sync()
-        meter = CpuMeter()
-        assert b.proc is not None
-        b_cpu0 = proc_cpu_s(b.proc.pid)
-        cli0 = children_cpu_s()
-        t0 = time.perf_counter()
-        p = PROCS.start([AGENT_PYTHON, "-m", "dagsync", "sync", "--config",
-                         os.fspath(a.config), "--strict", "--timeout", "900"],
-                        "dagsync-sync-a", base / "oneshot.log", env=child_env())
-        try:
-            rc = p.wait(960)
-        finally:
-            PROCS.stop(p)
-        t_exit = time.perf_counter() - t0
-        if rc != 0:
-            raise BenchError(f"one-shot sync run {i + 1} exited {rc}:\n"
-                             f"{tail(base / 'oneshot.log')}")
-        t, c = wait_converged([b], ref, t0, timeout=120, what=f"one-shot run {i + 1}",
-                              procs=[b], marks=(marks := {}),
-                              probe=lambda b0=b_cpu0: agents_cpu_s([b]) - b0)
-        cpu["oneshot"].append(meter.read())
-        cpu_secs["oneshot"].append(children_cpu_s() - cli0 + marks["probe"])
-        one.append(max(t, t_exit))
-        one_exit.append(t_exit)
-        one_compares.append(c)
-        meta["oneshot"] = compare(ref, snapshot(b.dags))
-        log(f"(a) run {i + 1}/{runs} dagsync one-shot sync: exit {t_exit:.3f} s, B complete "
-            f"{max(t, t_exit):.3f} s")
-        b.stop()
-        a.start()
-        a.wait_ready()
     out["last_run_diff"] = meta  # meta_differs: same bytes, other mode bits or mtime
     # rsync no-change (reference), target already complete
     noch = [timed_rsync(sshd.rsync_cmd(a.dags, rsync_dst), rsync_log)[0] for _ in range(5)]
@@ -1509,8 +1508,8 @@ def render(res: dict[str, Any], json_rel: str, plots: dict[str, str] | None = No
         w("")
         w("Runs are interleaved: unison and Syncthing, then rsync and the agent taking turns "
           "to go first (rsync in odd runs, the agent in even ones: a tool that follows "
-          "another's writes can find the disk still busy with them), then `rsync --fsync` "
-          "and the one-shot; then again. "
+          "another's writes can find the disk still busy with them), then the one-shot "
+          "and last `rsync --fsync`; then again. "
           f"A's agent indexed the "
           f"{ini['files']:,} files in {f_s(ini['a_first_index_s'])} before the first run "
           "(not part of any figure). Agent → agent timing polls B's file count every 20 ms "

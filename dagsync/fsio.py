@@ -7,7 +7,10 @@ directory inside the folder can never redirect a write, delete or read outside t
 (SPEC guarantee 8). The root itself may be a symlink: that is the operator's choice.
 
 Files appear only whole (SPEC guarantee 3): content goes to a temp name Airflow ignores
-in the same directory, is made durable, and only then is renamed into place.
+(in the agent's private temp dir, or in the same directory), is made durable, and only
+then is put into place. A bulk round writes a directory that does not exist yet as a
+whole: its files under their final names in a staged copy in the private temp dir, made
+durable, then the directory renamed into place at once (stage_files' whole_dirs).
 """
 
 from __future__ import annotations
