@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """dagsync benchmarks on this machine, in one run, beside rsync, unison, Syncthing, lsyncd.
 
-    python bench/run.py [--files 5000] [--runs 5] [--quick] [--no-anchors] [--only a,...]
+    python bench/run.py [--files 5000] [--runs 7] [--quick] [--no-anchors] [--only a,...]
 
 Besides the dagsync figures below, every section measures the other tools in the same run
 (bench/anchors.py; --no-anchors skips them): unison and Syncthing in (a); unison no-change
@@ -1921,7 +1921,9 @@ def main() -> int:
                     help="DAG files of the corpus for (a), (c), (d) (default 5000)")
     ap.add_argument("--big-files", type=int, default=20000,
                     help="DAG files of the corpus for (b) and (e) (default 20000)")
-    ap.add_argument("--runs", type=int, default=5, help="initial-sync runs and bursts (default 5)")
+    ap.add_argument("--runs", type=int, default=7,
+                    help="initial-sync runs and bursts (default 7: the median of a sync of "
+                         "under a second moves with the machine's load)")
     ap.add_argument("--rescan-runs", type=int, default=7)
     ap.add_argument("--edits", type=int, default=200)
     ap.add_argument("--idle-window", type=float, default=10.0)
@@ -1930,8 +1932,8 @@ def main() -> int:
     ap.add_argument("--nice", type=int, default=0,
                     help="run the harness and everything it starts at this nice level "
                          "(e.g. -10 on a machine shared with other work; default 0)")
-    ap.add_argument("--big-runs", type=int, default=3,
-                    help="initial-sync runs at --big-files (default 3)")
+    ap.add_argument("--big-runs", type=int, default=5,
+                    help="initial-sync runs at --big-files (default 5)")
     ap.add_argument("--slow-trials", type=int, default=5,
                     help="anchor edits at their default delays (Syncthing 10 s, lsyncd 15 s; "
                          "default 5)")
