@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """dagsync benchmarks on this machine, in one run, beside rsync, unison, Syncthing, lsyncd.
 
-    python bench/run.py [--files 5000] [--runs 7] [--quick] [--no-anchors] [--only a,...]
+    python bench/run.py [--files 5000] [--initial-runs 8] [--quick] [--no-anchors] [--only a,...]
 
 Besides the dagsync figures below, every section measures the other tools in the same run
 (bench/anchors.py; --no-anchors skips them): unison and Syncthing in (a); unison no-change
@@ -1921,9 +1921,10 @@ def main() -> int:
                     help="DAG files of the corpus for (a), (c), (d) (default 5000)")
     ap.add_argument("--big-files", type=int, default=20000,
                     help="DAG files of the corpus for (b) and (e) (default 20000)")
-    ap.add_argument("--runs", type=int, default=7,
-                    help="initial-sync runs and bursts (default 7: the median of a sync of "
-                         "under a second moves with the machine's load)")
+    ap.add_argument("--runs", type=int, default=5, help="bursts (default 5)")
+    ap.add_argument("--initial-runs", type=int, default=8,
+                    help="initial-sync runs at --files (default 8: even, so rsync and the "
+                         "agent each go first in half of them)")
     ap.add_argument("--rescan-runs", type=int, default=7)
     ap.add_argument("--edits", type=int, default=200)
     ap.add_argument("--idle-window", type=float, default=10.0)
@@ -1932,8 +1933,8 @@ def main() -> int:
     ap.add_argument("--nice", type=int, default=0,
                     help="run the harness and everything it starts at this nice level "
                          "(e.g. -10 on a machine shared with other work; default 0)")
-    ap.add_argument("--big-runs", type=int, default=5,
-                    help="initial-sync runs at --big-files (default 5)")
+    ap.add_argument("--big-runs", type=int, default=6,
+                    help="initial-sync runs at --big-files (default 6, even as --initial-runs)")
     ap.add_argument("--slow-trials", type=int, default=5,
                     help="anchor edits at their default delays (Syncthing 10 s, lsyncd 15 s; "
                          "default 5)")
@@ -1980,6 +1981,7 @@ def main() -> int:
         return 0
     if args.quick:
         args.runs, args.edits, args.rescan_runs, args.idle_long = 1, 30, 3, 0.0
+        args.initial_runs = 1
         args.big_runs, args.slow_trials, args.fast_trials, args.wire_reps = 1, 1, 3, 1
     with_anchors = not args.no_anchors
     only = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -2037,7 +2039,8 @@ def main() -> int:
             assert sshd is not None and big is not None
             with Section(res, "initial", f"(a) initial sync, {args.files} files") as out:
                 out["ssh_roundtrip_s"] = sshd.roundtrip()
-                bench_initial(res, work, small, args.runs, sshd, with_anchors=with_anchors)
+                bench_initial(res, work, small, args.initial_runs, sshd,
+                              with_anchors=with_anchors)
             with Section(res, "initial_big", f"(a) initial sync, {args.big_files} files"):
                 bench_initial(res, work, big, args.big_runs, sshd, key="initial_big",
                               oneshot=False, with_anchors=with_anchors)
