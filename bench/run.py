@@ -852,8 +852,8 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
             anc["syncthing"]["initial_s"].append(t)
             log(f"(a) run {i + 1}/{runs} Syncthing A -> new B: {t:.3f} s")
 
-        # rsync and the agent take turns going first: the tool that follows another's
-        # writes may find the disk still busy with them (docs/benchmarks.md).
+        # rsync and the agent take turns going first: the agent was slower right after
+        # rsync, for a reason not found (docs/initial-sync.md).
         for tool in (("rsync", "agent") if i % 2 == 0 else ("agent", "rsync")):
             if tool == "rsync":
                 # rsync -a --delete over ssh to an empty target
@@ -1507,8 +1507,9 @@ def render(res: dict[str, Any], json_rel: str, plots: dict[str, str] | None = No
             w(row_stats("ssh", "connect + auth + `true`", rt, "per-command cost rsync pays"))
         w("")
         w("Runs are interleaved: unison and Syncthing, then rsync and the agent taking turns "
-          "to go first (rsync in odd runs, the agent in even ones: a tool that follows "
-          "another's writes can find the disk still busy with them), then the one-shot "
+          "to go first (rsync in odd runs, the agent in even ones: in the runs of 2026-12-07 "
+          "the agent was slower when it went second, for a reason not found; "
+          "docs/initial-sync.md), then the one-shot "
           "and last `rsync --fsync`; then again. "
           f"A's agent indexed the "
           f"{ini['files']:,} files in {f_s(ini['a_first_index_s'])} before the first run "
@@ -1817,9 +1818,11 @@ NOTES = [
     "bash only sources `~/.bashrc` for an sshd-started command when `SHLVL` < 2, so root's "
     "`pyenv init` does not run per ssh command; the harness checks this at start. The anchors "
     "used a dedicated `/bin/sh` user instead; the effect is the same.",
-    "* **dagsync writes durably** (each chunk of up to 512 files: temp files in a private "
-    "directory, one `syncfs`, each linked into place, a second `syncfs`); `rsync -a` does not "
-    "fsync, so that difference is part of the initial-sync figures. The row `rsync -a "
+    "* **dagsync writes durably** (in chunks of up to 512 files: temp files in a private "
+    "directory, a new directory written whole as a staged copy there, one `syncfs`, each file "
+    "or staged directory put into place, its record written only after the next `syncfs`); "
+    "`rsync -a` does not fsync, so that difference is part of the initial-sync figures. The "
+    "row `rsync -a "
     "--fsync` in (a) is rsync made durable (it fsyncs each file it writes): a reference for "
     "what durability costs, not the goal's baseline. `syncfs` also flushes whatever else is "
     "dirty on the same file system.",
