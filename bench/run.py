@@ -872,6 +872,51 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
         anc = {"unison": {"initial_s": []}, "syncthing": {"initial_s": [],
                                                           "a_first_scan_s": st_scan}}
         log(f"(a) Syncthing A scanned {len(anc_ref)} files in {st_scan:.2f} s (not timed)")
+    def time_rsync(i: int) -> None:
+        """rsync -a --delete over ssh to an empty target."""
+        empty_dir(rsync_dst)
+        cmd = sshd.rsync_cmd(a.dags, rsync_dst)
+        meter = CpuMeter()
+        t, cpu_s = timed_rsync(cmd, rsync_log, sshd.pid)
+        cpu["rsync"].append(meter.read())
+        cpu_secs["rsync"].append(cpu_s)
+        d = compare(ref, snapshot(rsync_dst))
+        if not identical(d):
+            raise BenchError(f"rsync run {i + 1}: target differs from A: {d}")
+        rs.append(t)
+        log(f"(a) run {i + 1}/{runs} rsync over ssh: {t:.3f} s; others' CPU "
+            f"{cpu['rsync'][-1]['others_pct']} %")
+
+    def time_agent(i: int) -> None:
+        """dagsync agent -> agent: A running, B empty and brand new."""
+        b.stop()
+        b.reset()
+        a.alive()
+        os.sync()
+        log_from = {n.name: log_size(n.log) for n in (a, b)}
+        meter = CpuMeter()
+        marks: dict[str, float] = {}
+        assert a.proc is not None
+        a_cpu0 = proc_cpu_s(a.proc.pid)
+        t0 = time.perf_counter()
+        b.start()
+        t, c = wait_converged([b], ref, t0, timeout=900, what=f"agent run {i + 1}",
+                              procs=[a, b], marks=marks,
+                              probe=lambda a0=a_cpu0: agents_cpu_s([a, b]) - a0)
+        cpu_secs["agent"].append(marks["probe"])
+        cpu["agent"].append(meter.read())
+        ag.append(t)
+        ag_compares.append(c)
+        ag_marks.append(marks)
+        meta["agent"] = compare(ref, snapshot(b.dags))
+        b.stop()  # its rescan after the round must not run into rsync's timing
+        ag_logs.append({n.name: (n.log, log_from[n.name], log_size(n.log))
+                        for n in (a, b)})
+        log(f"(a) run {i + 1}/{runs} dagsync agent->agent: {t:.3f} s (B ready "
+            f"{marks.get('b_ready_s', 0):.2f} s, first file "
+            f"{marks.get('first_file_s', 0):.2f} s; {c} full compare(s)); others' CPU "
+            f"{cpu['agent'][-1]['others_pct']} %")
+
     a.start()
     out["a_first_index_s"] = a.wait_ready()
     log(f"(a) A indexed {len(ref)} files in {out['a_first_index_s']:.2f} s (agent start)")
@@ -890,51 +935,8 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
 
         # rsync and the agent take turns going first: the agent was slower right after
         # rsync, for a reason not found (docs/initial-sync.md).
-        for tool in (("rsync", "agent") if i % 2 == 0 else ("agent", "rsync")):
-            if tool == "rsync":
-                # rsync -a --delete over ssh to an empty target
-                empty_dir(rsync_dst)
-                cmd = sshd.rsync_cmd(a.dags, rsync_dst)
-                os.sync()
-                meter = CpuMeter()
-                t, cpu_s = timed_rsync(cmd, rsync_log, sshd.pid)
-                cpu["rsync"].append(meter.read())
-                cpu_secs["rsync"].append(cpu_s)
-                d = compare(ref, snapshot(rsync_dst))
-                if not identical(d):
-                    raise BenchError(f"rsync run {i + 1}: target differs from A: {d}")
-                rs.append(t)
-                log(f"(a) run {i + 1}/{runs} rsync over ssh: {t:.3f} s; others' CPU "
-                    f"{cpu['rsync'][-1]['others_pct']} %")
-                continue
-            # dagsync agent -> agent: A running, B empty and brand new
-            b.stop()
-            b.reset()
-            a.alive()
-            os.sync()
-            log_from = {n.name: log_size(n.log) for n in (a, b)}
-            meter = CpuMeter()
-            marks: dict[str, float] = {}
-            assert a.proc is not None
-            a_cpu0 = proc_cpu_s(a.proc.pid)
-            t0 = time.perf_counter()
-            b.start()
-            t, c = wait_converged([b], ref, t0, timeout=900, what=f"agent run {i + 1}",
-                                  procs=[a, b], marks=marks,
-                                  probe=lambda a0=a_cpu0: agents_cpu_s([a, b]) - a0)
-            cpu_secs["agent"].append(marks["probe"])
-            cpu["agent"].append(meter.read())
-            ag.append(t)
-            ag_compares.append(c)
-            ag_marks.append(marks)
-            meta["agent"] = compare(ref, snapshot(b.dags))
-            b.stop()  # its rescan after the round must not run into rsync's timing
-            ag_logs.append({n.name: (n.log, log_from[n.name], log_size(n.log))
-                            for n in (a, b)})
-            log(f"(a) run {i + 1}/{runs} dagsync agent->agent: {t:.3f} s (B ready "
-                f"{marks.get('b_ready_s', 0):.2f} s, first file "
-                f"{marks.get('first_file_s', 0):.2f} s; {c} full compare(s)); others' CPU "
-                f"{cpu['agent'][-1]['others_pct']} %")
+        for timed in ((time_rsync, time_agent) if i % 2 == 0 else (time_agent, time_rsync)):
+            timed(i)
 
         if oneshot:
             # dagsync one-shot `sync` on A (no agent there) -> agent on empty B

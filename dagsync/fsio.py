@@ -227,14 +227,21 @@ def _fsync_dir_at(dir_fd: int) -> None:
 _libc: ctypes.CDLL | None = None
 
 
-def _syncfs(fd: int) -> bool:
-    """syncfs(2) the file system holding `fd`; False if unavailable or it failed."""
+def _libc_function(name: str) -> Callable[..., int] | None:
+    """The C library's `name` (errno kept for ctypes.get_errno), None if it lacks one."""
     global _libc
     try:
         if _libc is None:
             _libc = ctypes.CDLL(None, use_errno=True)
-        fn = _libc.syncfs
+        return getattr(_libc, name)  # type: ignore[no-any-return]
     except (OSError, AttributeError):
+        return None
+
+
+def _syncfs(fd: int) -> bool:
+    """syncfs(2) the file system holding `fd`; False if unavailable or it failed."""
+    fn = _libc_function("syncfs")
+    if fn is None:
         return False
     started = time.perf_counter()
     ok = fn(ctypes.c_int(fd)) == 0
@@ -520,13 +527,9 @@ def _remove_copies(firsts: Iterable[StagedWrite]) -> None:
 
 def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     """renameat2(RENAME_NOREPLACE): an existing `dst`, even an empty directory, stays."""
-    global _libc
-    try:
-        if _libc is None:
-            _libc = ctypes.CDLL(None, use_errno=True)
-        fn = _libc.renameat2
-    except (OSError, AttributeError):
-        raise OSError(errno.ENOSYS, "renameat2 is not available", dst) from None
+    fn = _libc_function("renameat2")
+    if fn is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", dst)
     if fn(ctypes.c_int(src_fd), os.fsencode(src), ctypes.c_int(dst_fd), os.fsencode(dst),
           ctypes.c_uint(1)) != 0:
         err = ctypes.get_errno()

@@ -512,6 +512,8 @@ def test_kill9_during_a_bulk_round_leaves_no_torn_file_and_no_false_local_edit(
     a.stop()
     b.stop()
     assert [p for p in b.dags.rglob("*") if is_temp_name(p.name)] == []
+    # nor in its private temp dir: temp files and staged copies of new directories
+    assert list((b.state / "tmp").iterdir()) == []
     # every version still the one a made: nothing b wrote was taken for b's own edit
     for node in (a, b):
         origins = _records(node)
