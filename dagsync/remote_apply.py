@@ -35,6 +35,10 @@ log = logging.getLogger("dagsync.engine")
 BULK_ROUND = 512  # a round this big pauses the folder's watcher (see FolderState.on_bulk)
 FIRST_CHUNK = 64
 APPLY_CHUNK = 512  # files written and recorded per step; the next chunk is fetched meanwhile
+# A chunk's content is held in memory from its fetch until it is staged, and the next
+# chunk's is fetched meanwhile: a chunk ends before its content would pass this (a file
+# bigger than it is a chunk of its own), so 512 big files never sit in memory at once.
+CHUNK_BYTES = 32 * 1024**2
 # Staged chunks one commit may make durable together. Each commit pays a syncfs (~20 ms
 # here; it also makes the group before's renames durable, _commit_group); when the disk is
 # slower than staging, chunks wait and share it.
@@ -806,8 +810,9 @@ def _conflict_key(loser: FileVersion, winner: FileVersion) -> tuple[str, str, st
 
 def _chunks(planned: list[Planned], first: int = FIRST_CHUNK) -> list[list[Planned]]:
     """A small first chunk, so writing starts while the next ones are still fetched,
-    then up to APPLY_CHUNK at a time (each chunk pays two syncfs and one transaction),
-    ended where a directory's files end when that keeps at least half of it."""
+    then up to APPLY_CHUNK at a time (each chunk pays two syncfs and one transaction)
+    and CHUNK_BYTES of content, ended where a directory's files end when that keeps at
+    least half of it."""
     chunks: list[list[Planned]] = []
     start, size = 0, first
     while start < len(planned) or not chunks:
@@ -818,17 +823,31 @@ def _chunks(planned: list[Planned], first: int = FIRST_CHUNK) -> list[list[Plann
 
 
 def _chunk_end(planned: list[Planned], start: int, size: int) -> int:
-    """Where the chunk from `start` ends: after `size` entries, or before them after the
-    last file of a directory (a new directory whose files all fall in one chunk is
-    staged whole and renamed into place at once: fsio.stage_files), never under half."""
-    end = start + size
+    """Where the chunk from `start` ends: after `size` entries (fewer if their content
+    would pass CHUNK_BYTES), or before that after the last file of a directory (a new
+    directory whose files all fall in one chunk is staged whole and renamed into place
+    at once: fsio.stage_files), never under half."""
+    end = _within_budget(planned, start, min(start + size, len(planned)))
     if end >= len(planned):
         return len(planned)
     split = _parent_of(planned[end])  # the directory the next chunk would start in
-    cut, least = end, start + max(1, size // 2)
+    cut, least = end, start + max(1, (end - start) // 2)
     while cut > least and _parent_of(planned[cut - 1]) == split:
         cut -= 1
     return cut if _parent_of(planned[cut - 1]) != split else end
+
+
+def _within_budget(planned: list[Planned], start: int, end: int) -> int:
+    """Where the chunk from `start` must end, at `end` at the latest, for its content
+    to stay within CHUNK_BYTES; at least one entry."""
+    total = 0
+    for i in range(start, end):
+        v = planned[i].remote
+        if v.kind is Kind.FILE and not v.deleted:
+            total += v.size
+            if total > CHUNK_BYTES and i > start:
+                return i
+    return end
 
 
 def _parent_of(p: Planned) -> str:

@@ -107,3 +107,32 @@ def test_agents_replicate_without_the_system_openssl(cluster: Any) -> None:
     for n in (a, b):
         assert n.proc is not None
         assert _openssl_libraries(n.proc.pid) == set(), n.name
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's resident high-water mark, in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    return int(kib) * 1024
+
+
+def test_a_new_node_takes_in_big_files_without_holding_them_all(cluster: Any) -> None:
+    """A DAG folder with data files beside the DAGs: an empty peer holds a chunk's content
+    from its fetch until it is staged, and the next chunk's meanwhile. Chunks of up to
+    512 files (64 first) held every one of these 192 MiB at once; now CHUNK_BYTES (32
+    MiB) a chunk."""
+    nodes = cluster("a", "b")
+    a, b = nodes["a"], nodes["b"]
+    total = 0
+    for i in range(48):
+        data = os.urandom(4 * 1024**2)
+        write(a.dags / f"data/part_{i:02d}.csv", data)
+        total += len(data)
+    write(a.dags / "etl.py", "from airflow import DAG\n")
+    a.start()
+    b.start()
+    wait_converged([a, b], timeout=120)
+    assert b.proc is not None
+    # ~116 MiB (~50 of it the idle agent); 240 MiB when it held them all
+    peak = _peak_rss(b.proc.pid)
+    assert peak < total, f"B's resident peak {peak / 2**20:.0f} MiB for {total >> 20} MiB"

@@ -524,8 +524,9 @@ def test_kill9_during_a_bulk_round_leaves_no_torn_file_and_no_false_local_edit(
 def test_chunks_end_where_a_directory_ends_when_that_keeps_half_of_them() -> None:
     """So that a new directory's files fall in one chunk (staged whole, one rename), as
     often as chunks of at least half the size allow; a path is never lost or repeated."""
-    def planned(paths: list[str]) -> list[Any]:  # _chunks reads only .remote.path
-        return [SimpleNamespace(remote=SimpleNamespace(path=p)) for p in paths]
+    def planned(paths: list[str]) -> list[Any]:  # _chunks reads only .remote
+        return [SimpleNamespace(remote=SimpleNamespace(path=p, kind=Kind.FILE, deleted=False,
+                                                       size=1000)) for p in paths]
 
     size, first = remote_apply.APPLY_CHUNK, remote_apply.FIRST_CHUNK
     # directories of 300 files: the 2nd chunk ends after the 2nd directory's last file
@@ -546,3 +547,55 @@ def test_chunks_end_where_a_directory_ends_when_that_keeps_half_of_them() -> Non
     assert [len(c) for c in remote_apply._chunks(planned(paths), size)] == [
         300, 300, 300, 300, 300, 500]
     assert remote_apply._chunks([]) == [[]]
+
+
+def test_a_chunk_holds_at_most_chunk_bytes_of_content() -> None:
+    """A chunk's content sits in memory from its fetch until it is staged, beside the
+    next chunk's: 512 big files must not make one chunk (nor 64 the first)."""
+    mib = 1024**2
+    assert remote_apply.CHUNK_BYTES // mib == 32  # the counts below follow from it
+
+    def planned(sizes: list[int], deleted: tuple[int, ...] = ()) -> list[Any]:
+        return [SimpleNamespace(remote=SimpleNamespace(
+            path=f"data/f{i:04d}.csv", kind=Kind.FILE, deleted=i in deleted,
+            size=0 if i in deleted else size)) for i, size in enumerate(sizes)]
+
+    def lengths(sizes: list[int], deleted: tuple[int, ...] = (), first: int = 64) -> list[int]:
+        return [len(c) for c in remote_apply._chunks(planned(sizes, deleted), first)]
+
+    assert lengths([10 * mib] * 10) == [3, 3, 3, 1]  # 30 MiB each, the first one too
+    assert lengths([100 * mib, 1000, 100 * mib]) == [1, 1, 1]  # a bigger file: a chunk alone
+    assert lengths([16 * mib, 16 * mib, 1]) == [2, 1]  # exactly the budget fits
+    assert lengths([16 * mib] * 4, deleted=(1,)) == [3, 1]  # a delete fetches nothing
+    assert lengths([1000] * 1200) == [64, 512, 512, 112]  # small files: counts decide
+
+
+async def test_a_bulk_round_of_big_files_stages_them_a_budget_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every file lands, and no chunk handed to staging held more than the budget of
+    content (a file bigger than the budget alone)."""
+    rng = random.Random(5)
+    sizes = [rng.randint(0, 40_000) for _ in range(600)]
+    for i in (3, 250, 251, 599):
+        sizes[i] = 300_000
+    a, versions, data = await sender_with(tmp_path / "a", 600, lambda i: rng.randbytes(sizes[i]))
+    b = make_folder(tmp_path / "b", "b")
+    await b.open()
+    monkeypatch.setattr(remote_apply, "CHUNK_BYTES", 200_000)
+    held: list[tuple[int, int]] = []  # (files, bytes) of each chunk staged
+    original = remote_apply.RemoteApply._stage_chunk
+
+    def staged(self: Any, planned: Any, contents: dict[str, bytes], *args: Any) -> Any:
+        held.append((len(contents), sum(len(c) for c in contents.values())))
+        return original(self, planned, contents, *args)
+
+    monkeypatch.setattr(remote_apply.RemoteApply, "_stage_chunk", staged)
+    outcome = await b.apply_batch(versions, MemoryPeer(data))
+    assert outcome.failed == []
+    assert on_disk(b.root) == on_disk(a.root)
+    assert len(held) > 600 * 20_000 // 200_000  # the budget, not 512 files, cut them
+    assert all(size <= 200_000 or files == 1 for files, size in held), held
+    assert sum(files for files, _ in held) == 600
+    a.index.close()
+    b.index.close()
