@@ -311,10 +311,12 @@ def stage_files(
 
     The temp files go in `temp_dir` when given (a private directory on the same file
     system, so the synced folder sees one new name and no temp-file churn), else beside
-    their relpath. Missing parent directories are created (0o755, confined). Nothing is
-    fsynced here: commit() makes a whole batch durable at once. A failed write leaves no
-    temp. The syscalls of the whole batch run in one bulkio call. Pass the `dirs` the
-    batch will be committed with to open each directory once.
+    their relpath; so do those of a directory on another file system (a mount inside
+    the folder), which a rename from `temp_dir` could not reach. Missing parent
+    directories are created (0o755, confined). Nothing is fsynced here: commit() makes
+    a whole batch durable at once. A failed write leaves no temp. The syscalls of the
+    whole batch run in one bulkio call. Pass the `dirs` the batch will be committed
+    with to open each directory once.
 
     With `whole_dirs` (and a `temp_dir`), the files of a directory that does not exist
     yet are written under their final names in a staged copy of it in `temp_dir`: commit()
@@ -327,14 +329,23 @@ def stage_files(
     made: list[tuple[int, str, str, int, Path | None]] = []  # (at, relpath, temp, mode, dir)
     with _dirs_for(root, dirs) as ds:
         temp_fd = ds.other(temp_dir) if temp_dir is not None else -1
+        temp_dev = os.fstat(temp_fd).st_dev if temp_dir is not None else None
+        devices: dict[int, int] = {}  # a parent's fd -> its file system
+
+        def on_temp_dev(pfd: int) -> bool:
+            dev = devices.get(pfd)
+            if dev is None:
+                dev = devices[pfd] = os.fstat(pfd).st_dev
+            return dev == temp_dev
+
         fresh = _fresh_dirs(root, [w[0] for w in writes]) if whole_dirs and temp_dir else set()
         copies: dict[str, tuple[int, Path] | None] = {}  # fresh dir -> its staged copy
         for relpath, data, mode, mtime_ns in writes:
             perm = mode & 0o7777
             chmod = bool(perm & (0o7000 | _UMASK))  # open() applies the umask: chmod if cut
             reldir = relpath.rpartition("/")[0]
-            copy = _staged_copy(ds, temp_fd, temp_dir, reldir, copies) if reldir in fresh \
-                else None
+            copy = _staged_copy(ds, temp_fd, temp_dir, reldir, copies, on_temp_dev) \
+                if reldir in fresh else None
             if copy is not None:  # under its final name in the directory's staged copy
                 fd, tmp, where = copy[0], _basename(relpath), copy[1]
             else:
@@ -344,7 +355,7 @@ def stage_files(
                     results.append(e)
                     continue
                 tmp = paths.temp_name(_basename(relpath), _temp_token())
-                if temp_dir is not None:
+                if temp_dir is not None and on_temp_dev(folder_pfd):
                     fd, where = temp_fd, temp_dir
                 else:  # beside the file: private (0o600) until its final mode is set
                     fd, where, chmod = folder_pfd, None, True
@@ -372,15 +383,19 @@ def _fresh_dirs(root: Path, relpaths: Sequence[str]) -> set[str]:
 
 
 def _staged_copy(ds: Dirs, temp_fd: int, temp_dir: Path | None, reldir: str,
-                 copies: dict[str, tuple[int, Path] | None]) -> tuple[int, Path] | None:
+                 copies: dict[str, tuple[int, Path] | None],
+                 on_temp_dev: Callable[[int], bool]) -> tuple[int, Path] | None:
     """The staged copy of new directory `reldir` in `temp_dir` (fd, path), made on first
-    use, after its parents in the folder (confined). None if it cannot be made."""
+    use, after its parents in the folder (confined). None if it cannot be made, or could
+    not be renamed into its parent (another file system)."""
     if reldir in copies:
         return copies[reldir]
     copy: tuple[int, Path] | None = None
     if temp_dir is not None:
         try:
-            ds.parent(reldir, create=True)
+            if not on_temp_dev(ds.parent(reldir, create=True)):
+                copies[reldir] = None
+                return None
             name = paths.temp_name(_basename(reldir), _temp_token())
             os.mkdir(name, 0o755, dir_fd=temp_fd)
             copy = (ds.other(temp_dir / name), temp_dir / name)

@@ -3,13 +3,14 @@ folder, run as real processes. Only processes started here are ever signalled, b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,3 +166,20 @@ def write(path: Path, text: str | bytes, mode: int | None = None) -> None:
     path.write_bytes(data)
     if mode is not None:
         os.chmod(path, mode)
+
+
+@contextlib.contextmanager
+def tmpfs_mounted(point: Path, size: str = "16m") -> Iterator[Path]:
+    """A tmpfs of its own on `point` (made here), as a volume mounted inside a DAG
+    folder; skips the test where mounting is not allowed (CI runs as root)."""
+    import pytest
+
+    point.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+            capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "--lazy", str(point)], check=True)

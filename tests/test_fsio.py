@@ -5,12 +5,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dagsync import bulkio, fsio, paths
 from dagsync.errors import PathRefused
+from tests.cluster import tmpfs_mounted
 
 MTIME = 1_700_000_000_123_456_789
 
@@ -601,3 +603,31 @@ def test_an_aborted_or_crashed_staged_directory_leaves_nothing(
     assert fsio.cleanup_temp_files(root) == []  # the folder has no leftovers
     removed = fsio.cleanup_temp_files(private, copies=True)
     assert len(removed) == 1 and list(private.iterdir()) == []
+
+
+# --- a mount inside the folder ----------------------------------------------------------
+
+
+@pytest.fixture
+def mounted(root: Path) -> Iterator[Path]:
+    """root/shared: a file system of its own inside the folder."""
+    with tmpfs_mounted(root / "shared") as point:
+        yield point
+
+
+def test_files_below_a_mount_inside_the_folder_are_staged_on_its_file_system(
+    root: Path, private: Path, mounted: Path
+) -> None:
+    """A rename cannot cross file systems: the private temp dir sits on the folder
+    root's, so files below a mount are staged beside their final names instead (new
+    directories there too), and every file lands (they failed with EXDEV before)."""
+    assert os.stat(mounted).st_dev != os.stat(root).st_dev
+    files = {"shared/a.py": b"a", "shared/new/b.py": b"bb", "shared/new/deeper/c.py": b"c",
+             "team/d.py": b"d"}
+    staged = stage_whole(root, private, files)
+    where = {s.relpath: s.temp_dir for s in staged}
+    assert [s.relpath for s in staged if s.whole_dir] == ["team/d.py"]  # the root's own
+    assert [where[p] for p in files if p.startswith("shared/")] == [None, None, None]
+    fsio.commit(staged)
+    assert_landed(root, staged, files)
+    assert temps_below(root) == [] and list(private.iterdir()) == []

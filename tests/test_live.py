@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from tests.cluster import wait_converged, wait_until, write
+from tests.cluster import tmpfs_mounted, wait_converged, wait_until, write
 
 LIVE = {"scan_interval": "300s"}  # only the watcher can move changes in time
 
@@ -207,3 +207,27 @@ def test_a_bulk_round_pauses_watching_and_loses_no_local_edit(cluster: Any) -> N
     assert "bulk round over: watching again" in b.log.read_text()
     write(b.dags / "after_the_round.py", "after = 1\n")  # the watcher is back
     wait_until(lambda: (a.dags / "after_the_round.py").exists(), 10, "a watched edit")
+
+
+def test_a_volume_mounted_inside_the_dag_folder_syncs_both_ways(cluster: Any) -> None:
+    """dags/shared is a file system of its own on b (a tmpfs here, a volume in life):
+    its files, a new node's initial sync of 600 of them included, land there too (they
+    failed with EXDEV, staged in the state dir on the root's file system), and b's edits
+    there reach a."""
+    nodes = cluster("a", "b")
+    a, b = nodes["a"], nodes["b"]
+    with tmpfs_mounted(b.dags / "shared", "32m"):
+        for i in range(600):
+            write(a.dags / f"shared/team_{i % 6}/dag_{i}.py", f"dag = {i}\n")
+        write(a.dags / "shared/top.py", "top = 1\n")
+        write(a.dags / "etl.py", "etl = 1\n")
+        a.start()
+        b.start()
+        wait_converged([a, b], 60)
+        write(a.dags / "shared/team_0/dag_0.py", "dag = 'edited on a'\n")
+        write(b.dags / "shared/from_b.py", "b = 1\n")
+        wait_converged([a, b], 20)
+        assert (b.dags / "shared/team_0/dag_0.py").read_text() == "dag = 'edited on a'\n"
+        assert (a.dags / "shared/from_b.py").exists()
+        assert "cross-device" not in b.log.read_text()
+        b.stop()  # before the volume goes
