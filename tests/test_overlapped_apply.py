@@ -153,17 +153,32 @@ def fail_recording(monkeypatch: pytest.MonkeyPatch, folder: engine.FolderEngine,
     monkeypatch.setattr(folder.index, "put", failing_put)
 
 
-def slow_syncfs(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[float]:
-    """Every syncfs takes `seconds` longer (a slow disk); returns the list of calls."""
+def first_syncfs_waits_for_staging(monkeypatch: pytest.MonkeyPatch, chunks: int) -> list[float]:
+    """The first syncfs (chunk 1's commit) returns only once `chunks` chunks are staged,
+    as on a disk slower than staging, whatever this machine's speed: the chunks staged
+    meanwhile share the next commit. Returns the list of syncfs calls."""
     calls: list[float] = []
-    original = fsio._syncfs
+    staged = [0]
+    progress = threading.Condition()
+    original_syncfs, original_stage = fsio._syncfs, remote_apply.RemoteApply._stage_chunk
 
-    def slow(fd: int) -> bool:
+    def syncfs(fd: int) -> bool:
         calls.append(time.perf_counter())
-        time.sleep(seconds)
-        return original(fd)
+        if len(calls) == 1:
+            with progress:
+                assert progress.wait_for(lambda: staged[0] >= chunks, timeout=30)
+        return original_syncfs(fd)
 
-    monkeypatch.setattr(fsio, "_syncfs", slow)
+    def stage(self: Any, *args: Any) -> Any:
+        try:
+            return original_stage(self, *args)
+        finally:
+            with progress:
+                staged[0] += 1
+                progress.notify_all()
+
+    monkeypatch.setattr(fsio, "_syncfs", syncfs)
+    monkeypatch.setattr(remote_apply.RemoteApply, "_stage_chunk", stage)
     return calls
 
 
@@ -184,16 +199,18 @@ async def test_chunks_staged_during_a_slow_commit_share_the_next_one(
         return original(self, chunks, *args)
 
     monkeypatch.setattr(remote_apply.RemoteApply, "_commit_group", recorded)
-    syncfs = slow_syncfs(monkeypatch, 0.25)
+    syncfs = first_syncfs_waits_for_staging(monkeypatch, 3)
     outcome = await b.apply_batch(versions, MemoryPeer(data))
     assert outcome.failed == []
     assert on_disk(b.root) == on_disk(a.root)
     assert {p: r.version for p, r in b.records.items()} == {v.path: v for v in versions}
     assert remote_apply.COMMIT_GROUP == 2
-    assert groups == [[1], [2, 3], [4]]
+    # chunk 4 is committed alone: by the round's end (final), or, staged after 2 and 3's
+    # commit ended, on its own and recorded by an empty last commit
+    assert [g for g in groups if g] == [[1], [2, 3], [4]]
     # one syncfs a group (its content, and the renames of the group before), one more
-    # for the last group's renames
-    assert len(syncfs) == len(groups) + 1
+    # for the last group's renames (or the empty commit's, before recording group 4)
+    assert len(syncfs) == 4
     assert notes_cleared(b) and b.applying == set()
     a.index.close()
     b.index.close()
@@ -402,7 +419,7 @@ async def test_a_group_failing_to_record_is_adopted_from_each_chunks_note(
     a, versions, data = await sender_with(tmp_path / "a", 1300)
     b = make_folder(tmp_path / "b", "b")
     await b.open()
-    slow_syncfs(monkeypatch, 0.25)  # chunks 2 and 3 are staged during chunk 1's commit
+    first_syncfs_waits_for_staging(monkeypatch, 3)  # 2 and 3 staged during 1's commit
     fail_recording(monkeypatch, b, 2)
     with pytest.raises(OSError):
         await b.apply_batch(versions, MemoryPeer(data))
