@@ -161,6 +161,9 @@ def main() -> int:
                          "NAME (an experiment behind an environment switch)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
     R.agent_python.add_option(ap)
+    ap.add_argument("--churn", type=int, default=0, metavar="N",
+                    help="before each run, write N copies of the corpus into the image (kept, "
+                         "as the full run's anchors leave theirs) and sync")
     ap.add_argument("--split", action="store_true",
                     help="per run, also print the machine's busy CPU (all processes and "
                          "kernel threads) and each agent's user/system CPU")
@@ -199,6 +202,10 @@ def main() -> int:
     cpu: dict[str, list[float]] = {m: [] for m in ["rsync", *modes]}
     try:
         for i in range(args.runs):
+            for k in range(args.churn):
+                R.copy_tree(corpus_dir, base / f"churn-{i}-{k}")
+            if args.churn:
+                os.sync()
             R.empty_dir(rsync_dst)
             busy0, ticks0 = machine_busy_s(), all_cpu_ticks()
             t, cpu_s = R.timed_rsync(sshd.rsync_cmd(a.dags, rsync_dst), base / "rsync.log",

@@ -847,6 +847,8 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
     right after its fsyncs ran ~10 % slower (docs/initial-sync.md)."""
     base = work / key
     a, b = Node("a", base / "a"), Node("b", base / "b")
+    for n in (a, b):  # milliseconds in the log lines a slow run leaves (keep_slow_run_logs)
+        n.global_args = ["--log-format", "json"]
     mesh([a, b])
     copy_tree(corpus_dir, a.dags)
     ref = snapshot(a.dags)
