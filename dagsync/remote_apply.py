@@ -6,6 +6,7 @@ cluster's version of files edited on a receive-only folder."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections import deque
@@ -472,13 +473,10 @@ class RemoteApply(LocalChanges):
                                 "the one from %s", self.id, result.path, result.origin,
                                 loser.origin)
                 sources = movable.get(result.hash) if action.kind is ActionKind.FETCH else None
-                if sources and result.kind is Kind.FILE and not result.deleted:
-                    src = sources.pop()
-                    fsio.move_file(self.root, src, result.path)
-                    fsio.set_meta(self.root, result.path, result.mode, result.mtime_ns)
-                    item: tuple[FileVersion, LocalStat | None] | None = (
-                        result, stat_of(self.root, result.path))
-                    log.info("folder %s: moved %s to %s", self.id, src, result.path)
+                item: tuple[FileVersion, LocalStat | None] | None
+                if (sources and result.kind is Kind.FILE and not result.deleted
+                        and self._move(sources.pop(), result)):
+                    item = (result, stat_of(self.root, result.path))
                 else:
                     item = self._apply_one(action, result, contents, pending)
             except PathRefused as exc:
@@ -504,6 +502,21 @@ class RemoteApply(LocalChanges):
                 self._refuse(outcome, result.path, why)
             else:
                 self._fail(outcome, result.path, why)
+
+    def _move(self, src: str, result: FileVersion) -> bool:
+        """Put the file at `src` in place as `result` with one rename(2); False when the
+        two names are on different file systems (a volume mounted inside the folder):
+        the content is written instead, and the delete of `src` that came with it
+        removes the old name afterwards."""
+        try:
+            fsio.move_file(self.root, src, result.path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            return False
+        fsio.set_meta(self.root, result.path, result.mode, result.mtime_ns)
+        log.info("folder %s: moved %s to %s", self.id, src, result.path)
+        return True
 
     def _refuse(self, outcome: BatchOutcome, path: str, why: PathRefused) -> None:
         outcome.refused.append((path, str(why)))

@@ -212,8 +212,8 @@ def test_a_bulk_round_pauses_watching_and_loses_no_local_edit(cluster: Any) -> N
 def test_a_volume_mounted_inside_the_dag_folder_syncs_both_ways(cluster: Any) -> None:
     """dags/shared is a file system of its own on b (a tmpfs here, a volume in life):
     its files, a new node's initial sync of 600 of them included, land there too (they
-    failed with EXDEV, staged in the state dir on the root's file system), and b's edits
-    there reach a."""
+    failed with EXDEV, staged in the state dir on the root's file system), b's edits
+    there reach a, and renames across the volume's edge arrive without an error."""
     nodes = cluster("a", "b")
     a, b = nodes["a"], nodes["b"]
     with tmpfs_mounted(b.dags / "shared", "32m"):
@@ -229,5 +229,11 @@ def test_a_volume_mounted_inside_the_dag_folder_syncs_both_ways(cluster: Any) ->
         wait_converged([a, b], 20)
         assert (b.dags / "shared/team_0/dag_0.py").read_text() == "dag = 'edited on a'\n"
         assert (a.dags / "shared/from_b.py").exists()
+        # renames across the volume's edge, both ways: b cannot move the file with one
+        # rename(2) there (EXDEV), so it writes the content and deletes the old name
+        os.rename(a.dags / "etl.py", a.dags / "shared/etl.py")
+        os.rename(a.dags / "shared/top.py", a.dags / "top.py")
+        wait_converged([a, b], 20)
+        assert not (b.dags / "etl.py").exists() and (b.dags / "shared/etl.py").exists()
         assert "cross-device" not in b.log.read_text()
         b.stop()  # before the volume goes
