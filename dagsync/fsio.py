@@ -393,12 +393,10 @@ def _staged_copy(ds: Dirs, temp_fd: int, temp_dir: Path | None, reldir: str,
     copy: tuple[int, Path] | None = None
     if temp_dir is not None:
         try:
-            if not on_temp_dev(ds.parent(reldir, create=True)):
-                copies[reldir] = None
-                return None
-            name = paths.temp_name(_basename(reldir), _temp_token())
-            os.mkdir(name, 0o755, dir_fd=temp_fd)
-            copy = (ds.other(temp_dir / name), temp_dir / name)
+            if on_temp_dev(ds.parent(reldir, create=True)):  # a rename can reach its parent
+                name = paths.temp_name(_basename(reldir), _temp_token())
+                os.mkdir(name, 0o755, dir_fd=temp_fd)
+                copy = (ds.other(temp_dir / name), temp_dir / name)
         except (OSError, PathRefused) as e:
             log.debug("cannot stage %s whole: %s", reldir, e)
     copies[reldir] = copy

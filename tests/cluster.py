@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from dagsync.localnode import LocalNode, free_port
 from dagsync.paths import is_temp_name
 
@@ -172,8 +174,6 @@ def write(path: Path, text: str | bytes, mode: int | None = None) -> None:
 def tmpfs_mounted(point: Path, size: str = "16m") -> Iterator[Path]:
     """A tmpfs of its own on `point` (made here), as a volume mounted inside a DAG
     folder; skips the test where mounting is not allowed (CI runs as root)."""
-    import pytest
-
     point.mkdir()
     if os.geteuid() != 0 or subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
