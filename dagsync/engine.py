@@ -178,6 +178,13 @@ class FolderEngine(RemoteApply, LocalChanges):
             return None
         return fsio.read_range(self.root, path, offset, size, dirs)
 
+    def open_for_peer(self, path: str, want_hash: str, dirs: fsio.Dirs) -> int | None:
+        """An fd on the content of a peer's request (the caller closes it), or None when
+        we no longer hold that version."""
+        if self.records.file_hash(path) != want_hash:
+            return None
+        return fsio.open_to_read(self.root, path, dirs)
+
 
 def _same_device(a: Path, b: Path) -> bool:
     try:

@@ -707,28 +707,48 @@ def read_range(
     """
     if offset < 0 or size < 0:
         raise ValueError(f"bad range {offset}+{size} for {relpath!r}")
+    fd = open_to_read(root, relpath, dirs)
+    try:
+        return read_open(fd, relpath, offset, size)
+    finally:
+        os.close(fd)
+
+
+def open_to_read(root: Path, relpath: str, dirs: Dirs | None = None) -> int:
+    """An fd to read `relpath` from, opened without following a symlink anywhere on the
+    way (PathRefused for one); the caller closes it."""
     with _dirs_for(root, dirs) as ds:
         pfd = ds.parent(relpath, create=False)
         try:
-            fd = os.open(_basename(relpath), _READ_FLAGS, dir_fd=pfd)
+            return os.open(_basename(relpath), _READ_FLAGS, dir_fd=pfd)
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise PathRefused(f"refused path {relpath!r}: is a symlink") from None
             raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PathRefused(f"refused path {relpath!r}: not a regular file")
-        chunks: list[bytes] = []
-        while size > 0:
-            chunk = os.pread(fd, min(size, 1 << 20), offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            offset += len(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+
+
+def read_ahead(fd: int, size: int) -> None:
+    """Start reading the first `size` bytes of a file into the page cache, without
+    waiting: files opened and read ahead together cost one wait for a cold disk, not one
+    per file (docs/initial-sync.md)."""
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+
+
+def read_open(fd: int, relpath: str, offset: int, size: int) -> bytes:
+    """Up to `size` bytes at `offset` of the regular file open on `fd` (PathRefused for
+    anything else); fewer only at end of file."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise PathRefused(f"refused path {relpath!r}: not a regular file")
+    chunks: list[bytes] = []
+    while size > 0:
+        chunk = os.pread(fd, min(size, 1 << 20), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 def cleanup_temp_files(root: Path, *, copies: bool = False) -> list[Path]:
