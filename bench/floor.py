@@ -24,6 +24,15 @@ Interleaved in one invocation, on the corpus and nodes of bench/run.py (a):
             restarted when its environment must change), as mode NAME: for an experiment
             behind an environment switch, beside the agent in one invocation.
 
+  --anchors st-running|st-stopped, --gap S, --cold, --alternate
+            conditions of the full run, one at a time: unison and a Syncthing initial sync
+            before each run (Syncthing's A left running or stopped); S seconds idle before
+            each run (on this VM, DAMON pages out page cache nobody touched for ~60 s: the
+            full run's anchors take 25-80 s between the agent's runs); the page cache
+            dropped before each timed tool (A's files and each tool's code read from the
+            disk); the agent timed before rsync in every other run, as the full run does.
+            --split then also prints B's start-up marks, page faults and peak memory.
+
 Each run also gives the CPU time used: rsync's client, ssh and server side; for the
 dagsync modes, both agents (A from the sync's start, B whole, start-up included). On
 this 2-core machine wall time follows it: both tools keep about 1.2-1.5 cores busy.
@@ -126,6 +135,34 @@ def top_others(before: dict[int, tuple[str, int]], skip: set[int], n: int = 4) -
     return ", ".join(f"{name} {t / R.CLK_TCK:.2f}" for name, t in top if t > 0)
 
 
+REPORTED = Path("/sys/module/page_reporting/parameters/reported_kib")
+
+
+def reported_mib() -> float:
+    """Guest memory handed back to the host so far (free page reporting; 0 without it):
+    a page handed back costs a host fault when it is next touched."""
+    try:
+        return int(REPORTED.read_text()) / 1024
+    except (OSError, ValueError):
+        return 0.0
+
+
+def faults_hwm(pid: int) -> str:
+    """A process's minor page faults and peak resident memory."""
+    with open(f"/proc/{pid}/stat") as f:
+        minflt = int(f.read().rpartition(")")[2].split()[7])
+    with open(f"/proc/{pid}/status") as f:
+        hwm = next((line.split()[1] for line in f if line.startswith("VmHWM")), "0")
+    return f"minflt {minflt}, VmHWM {int(hwm) // 1024} MiB"
+
+
+def drop_page_cache() -> None:
+    """Every clean page of the page cache dropped (the machine's, not just ours): the
+    next tool starts cold, its source files and its own code read from the disk."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("1\n")
+
+
 def user_sys_s(pid: int) -> tuple[float, float]:
     _, utime, stime = proc_stat(pid)
     return utime / R.CLK_TCK, stime / R.CLK_TCK
@@ -164,6 +201,18 @@ def main() -> int:
     ap.add_argument("--churn", type=int, default=0, metavar="N",
                     help="before each run, write N copies of the corpus into the image (kept, "
                          "as the full run's anchors leave theirs) and sync")
+    ap.add_argument("--anchors", choices=("off", "st-running", "st-stopped"), default="off",
+                    help="before each run, as the full run does: unison over ssh, then a "
+                         "Syncthing initial sync to a new B; st-running leaves Syncthing's A "
+                         "running through the timed runs (as the full run), st-stopped stops it")
+    ap.add_argument("--gap", type=float, default=0.0, metavar="S",
+                    help="sleep S seconds before each run (the full run's anchors take ~25 s "
+                         "(5,020 files) to ~80 s (20,020) between the agent's runs)")
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the page cache before each timed tool (root): A's files and "
+                         "each tool's own code are read from the disk")
+    ap.add_argument("--alternate", action="store_true",
+                    help="the dagsync modes before rsync in every other run, as the full run")
     ap.add_argument("--split", action="store_true",
                     help="per run, also print the machine's busy CPU (all processes and "
                          "kernel threads) and each agent's user/system CPU")
@@ -197,6 +246,12 @@ def main() -> int:
     sshd.start()
     base = work / "floor"
     a, b, ref = R.initial_pair(base, corpus_dir)
+    uni = st_pair = None
+    if args.anchors != "off":
+        anc_ref = R.anchors.tree(a.dags)
+        uni = R.anchors.Unison(base / "unison", sshd.cfg)
+        st_pair, _ = R.anchors.initial_syncthing_setup(base / "syncthing", corpus_dir,
+                                                      len(anc_ref))
     rsync_dst = base / "rsync-target"
     times: dict[str, list[float]] = {m: [] for m in ["rsync", *modes]}
     cpu: dict[str, list[float]] = {m: [] for m in ["rsync", *modes]}
@@ -206,66 +261,98 @@ def main() -> int:
                 R.copy_tree(corpus_dir, base / f"churn-{i}-{k}")
             if args.churn:
                 os.sync()
-            R.empty_dir(rsync_dst)
-            busy0, ticks0 = machine_busy_s(), all_cpu_ticks()
-            t, cpu_s = R.timed_rsync(sshd.rsync_cmd(a.dags, rsync_dst), base / "rsync.log",
-                                     sshd.pid)
-            times["rsync"].append(t)
-            cpu["rsync"].append(cpu_s)
-            if args.split:
-                print(f"  rsync: machine busy {machine_busy_s() - busy0:.2f} s; "
-                      f"top: {top_others(ticks0, {os.getpid()})}", flush=True)
+            if uni is not None and st_pair is not None:
+                dst = base / "unison-target"
+                uni.reset(dst)
+                t_uni = uni.run(a.dags, dst)
+                if st_pair.nodes[0].proc is None:
+                    st_pair.start([st_pair.nodes[0]])
+                t_st = R.anchors.initial_syncthing_run(st_pair, anc_ref)["seconds"]
+                if args.anchors == "st-stopped":
+                    st_pair.nodes[0].stop()
+                print(f"  anchors: unison {t_uni:.2f} s, Syncthing {t_st:.2f} s", flush=True)
 
-            for mode in modes:
-                b.stop()
-                b.reset()
-                a.alive()
-                out = base / f"floor-{i}.txt"
-                out.unlink(missing_ok=True)
-                b.env = {"no-apply": {"PYTHONPATH": os.fspath(probe_dir),
-                                      "DAGSYNC_FLOOR_OUT": os.fspath(out)},
-                         "agent-py": {"DAGSYNC_NO_FASTIO": "1"}, **variants}.get(mode)
-                b.python = sys.executable if mode == "harness-python" else None
-                if a.env != variants.get(mode) or a.python != b.python:  # the sender too
-                    a.stop()
-                    a.env, a.python = variants.get(mode), b.python
-                    a.start()
-                    a.wait_ready()
-                os.sync()
-                assert a.proc is not None
-                a_cpu0 = R.proc_cpu_s(a.proc.pid)
-                a_us0 = user_sys_s(a.proc.pid)
-                busy0, ticks0 = machine_busy_s(), all_cpu_ticks()
-                t0 = time.monotonic()
-                measured_src = R.DAGSYNC_SRC
-                if mode == "base":
-                    R.DAGSYNC_SRC = base_src
-                try:
-                    b.start()
-                finally:
-                    R.DAGSYNC_SRC = measured_src
-                if mode != "no-apply":
-                    t, _ = R.wait_converged([b], ref, t0, timeout=900, what="agent run",
-                                            procs=[a, b])
-                else:
-                    t = wait_chunks(out, len(ref), t0, b)
-                times[mode].append(t)
-                cpu[mode].append(R.agents_cpu_s([a, b]) - a_cpu0)  # both agents, B whole
+            def time_rsync() -> None:
+                R.empty_dir(rsync_dst)
+                if args.cold:
+                    drop_page_cache()
+                busy0, ticks0, rep0 = machine_busy_s(), all_cpu_ticks(), reported_mib()
+                t, cpu_s = R.timed_rsync(sshd.rsync_cmd(a.dags, rsync_dst), base / "rsync.log",
+                                         sshd.pid)
+                times["rsync"].append(t)
+                cpu["rsync"].append(cpu_s)
                 if args.split:
-                    assert b.proc is not None
-                    (au, as_), (au0, as0) = user_sys_s(a.proc.pid), a_us0
-                    au, as_ = au - au0, as_ - as0
-                    bu, bs = user_sys_s(b.proc.pid)
-                    print(f"  {mode}: machine busy {machine_busy_s() - busy0:.2f} s; "
-                          f"A user {au:.2f} sys {as_:.2f}; B user {bu:.2f} sys {bs:.2f}; "
-                          f"others: {top_others(ticks0, {os.getpid(), a.proc.pid, b.proc.pid})}",
-                          flush=True)
+                    print(f"  rsync: machine busy {machine_busy_s() - busy0:.2f} s; "
+                          f"reported {reported_mib() - rep0:.0f} MiB; "
+                          f"top: {top_others(ticks0, {os.getpid()})}", flush=True)
+
+            def time_modes(i: int = i) -> None:
+                for mode in modes:
+                    b.stop()
+                    b.reset()
+                    a.alive()
+                    out = base / f"floor-{i}.txt"
+                    out.unlink(missing_ok=True)
+                    b.env = {"no-apply": {"PYTHONPATH": os.fspath(probe_dir),
+                                          "DAGSYNC_FLOOR_OUT": os.fspath(out)},
+                             "agent-py": {"DAGSYNC_NO_FASTIO": "1"}, **variants}.get(mode)
+                    b.python = sys.executable if mode == "harness-python" else None
+                    if a.env != variants.get(mode) or a.python != b.python:  # the sender too
+                        a.stop()
+                        a.env, a.python = variants.get(mode), b.python
+                        a.start()
+                        a.wait_ready()
+                    os.sync()
+                    if args.cold:
+                        drop_page_cache()
+                    assert a.proc is not None
+                    a_cpu0 = R.proc_cpu_s(a.proc.pid)
+                    a_us0 = user_sys_s(a.proc.pid)
+                    busy0, ticks0, rep0 = machine_busy_s(), all_cpu_ticks(), reported_mib()
+                    t0 = time.monotonic()
+                    measured_src = R.DAGSYNC_SRC
+                    marks: dict[str, float] = {}
+                    if mode == "base":
+                        R.DAGSYNC_SRC = base_src
+                    try:
+                        b.start()
+                    finally:
+                        R.DAGSYNC_SRC = measured_src
+                    if mode != "no-apply":
+                        t, _ = R.wait_converged([b], ref, t0, timeout=900, what="agent run",
+                                                procs=[a, b], marks=marks)
+                    else:
+                        t = wait_chunks(out, len(ref), t0, b)
+                    times[mode].append(t)
+                    cpu[mode].append(R.agents_cpu_s([a, b]) - a_cpu0)  # both agents, B whole
+                    if args.split:
+                        assert b.proc is not None
+                        (au, as_), (au0, as0) = user_sys_s(a.proc.pid), a_us0
+                        au, as_ = au - au0, as_ - as0
+                        bu, bs = user_sys_s(b.proc.pid)
+                        print(f"  {mode}: B ready {marks.get('b_ready_s', 0):.2f} s, first file "
+                              f"{marks.get('first_file_s', 0):.2f} s; "
+                              f"machine busy {machine_busy_s() - busy0:.2f} s; "
+                              f"reported {reported_mib() - rep0:.0f} MiB; "
+                              f"A user {au:.2f} sys {as_:.2f}; B user {bu:.2f} sys {bs:.2f} "
+                              f"({faults_hwm(b.proc.pid)}); "
+                              "others: " + top_others(
+                                  ticks0, {os.getpid(), a.proc.pid, b.proc.pid}),
+                              flush=True)
+
+            if args.gap:
+                time.sleep(args.gap)
+            for timed in ((time_modes, time_rsync) if args.alternate and i % 2
+                          else (time_rsync, time_modes)):
+                timed()
             print(f"run {i + 1}/{args.runs}: "
                   + ", ".join(f"{m} {xs[-1]:.3f} s ({cpu[m][-1]:.2f} s CPU)"
                               for m, xs in times.items()), flush=True)
     finally:
         b.stop()
         a.stop()
+        if st_pair is not None:
+            st_pair.stop()
         sshd.stop()
     rs, rs_cpu = statistics.median(times["rsync"]), statistics.median(cpu["rsync"])
     for mode, xs in times.items():
