@@ -1,11 +1,11 @@
 /* dagsync._fastio: the receiver's per-file syscalls for a whole chunk in one call, with
- * the GIL released for the loop.
+ * the GIL released for the loop; and the sender's reads of a whole batch the same way.
  *
  * Why: an initial sync writes thousands of small files. In Python each file costs about
  * seven syscalls, and every one of them gives the GIL away and must win it back from
  * the event loop, which is busy decoding the next chunk (docs/initial-sync.md). Here a
  * chunk of 512 files takes the GIL once. The semantics are those of the Python loops in
- * dagsync/bulkio.py (stage_files_py, place_files_py), which stay as the fallback and the
+ * dagsync/bulkio.py (stage_files_py, place_files_py, read_files_py), which stay as the fallback and the
  * reference tests/test_bulkio.py holds this module to.
  */
 #define PY_SSIZE_T_CLEAN
@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -226,18 +227,152 @@ static PyObject *place_files(PyObject *self, PyObject *args) {
     return run_batch(args, "O:place_files", &place_ops);
 }
 
+/* --- read_files ----------------------------------------------------------------------- */
+
+#define READ_NOT_REGULAR (-1)
+#define READ_OVER_BUDGET (-2)
+
+typedef struct {
+    int dir_fd;
+    PyObject *name; /* bytes, file-system encoded */
+    int fd;
+    int err; /* errno, or READ_NOT_REGULAR / READ_OVER_BUDGET */
+    char *buf;
+    Py_ssize_t len;
+} read_item;
+
+/* The content of the regular file on it->fd, up to `limit` bytes; 0 or an error code. */
+static int read_content(read_item *it, Py_ssize_t limit) {
+    struct stat st;
+    if (fstat(it->fd, &st) != 0) return errno;
+    if (!S_ISREG(st.st_mode)) return READ_NOT_REGULAR;
+    Py_ssize_t cap = st.st_size + 4096 < limit ? (Py_ssize_t)st.st_size + 4096 : limit;
+    it->buf = malloc(cap > 0 ? (size_t)cap : 1);
+    if (!it->buf) return ENOMEM;
+    while (it->len < limit) {
+        if (it->len == cap) { /* grew since fstat */
+            cap = cap * 2 < limit ? cap * 2 : limit;
+            char *bigger = realloc(it->buf, (size_t)cap);
+            if (!bigger) return ENOMEM;
+            it->buf = bigger;
+        }
+        ssize_t n = pread(it->fd, it->buf + it->len, (size_t)(cap - it->len), (off_t)it->len);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return errno;
+        }
+        if (n == 0) break;
+        it->len += n;
+    }
+    return 0;
+}
+
+static void read_run(read_item *items, Py_ssize_t n, Py_ssize_t budget, Py_ssize_t ahead,
+                     Py_ssize_t window) {
+    Py_ssize_t left = budget, w, i;
+    for (w = 0; w < n; w += window) {
+        Py_ssize_t end = w + window < n ? w + window : n;
+        off_t first = (off_t)(ahead < left ? ahead : left);
+        for (i = w; i < end; i++) {
+            read_item *it = &items[i];
+            it->fd = openat(it->dir_fd, PyBytes_AS_STRING(it->name),
+                            O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+            if (it->fd < 0) it->err = errno;
+            else posix_fadvise(it->fd, 0, first, POSIX_FADV_WILLNEED); /* a hint: no error */
+        }
+        for (i = w; i < end; i++) {
+            read_item *it = &items[i];
+            if (it->fd < 0) continue;
+            it->err = read_content(it, left);
+            close(it->fd);
+            it->fd = -1;
+            if (!it->err && it->len >= left) it->err = READ_OVER_BUDGET;
+            if (it->err) {
+                free(it->buf);
+                it->buf = NULL;
+                it->len = 0;
+            } else {
+                left -= it->len;
+            }
+        }
+    }
+}
+
+PyDoc_STRVAR(read_files_doc,
+"read_files(items, budget, ahead, window) -> list\n\n"
+"items: (dir_fd: int, name: str). A window of files at a time: each opened\n"
+"O_NOFOLLOW|O_NONBLOCK in dir_fd and read ahead (its first min(ahead, budget left)\n"
+"bytes), then each read whole (a regular file only) and closed. The files share\n"
+"`budget` bytes in order: one that reaches what is left of it is not returned and\n"
+"takes nothing from it. Returns per item its bytes, or an int: the errno of its\n"
+"failure, -1 for a file that is not a regular one, -2 for one over the budget.");
+
+static PyObject *read_files(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *items_in, *result = NULL;
+    Py_ssize_t budget, ahead, window, n, i, parsed = 0;
+    if (!PyArg_ParseTuple(args, "Onnn:read_files", &items_in, &budget, &ahead, &window))
+        return NULL;
+    if (budget < 1 || ahead < 0 || window < 1) {
+        PyErr_SetString(PyExc_ValueError, "read_files: budget and window must be positive");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(items_in, "items must be a sequence");
+    if (!seq) return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    read_item *items = PyMem_Calloc(n ? (size_t)n : 1, sizeof(read_item));
+    if (!items) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; parsed < n; parsed++) {
+        read_item *it = &items[parsed];
+        PyObject *name;
+        it->fd = -1;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, parsed), "iO:read item",
+                              &it->dir_fd, &name) ||
+            !PyUnicode_FSConverter(name, &it->name)) {
+            parsed++; /* its name, if converted, is released below */
+            goto done;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    read_run(items, n, budget, ahead, window);
+    Py_END_ALLOW_THREADS
+    result = PyList_New(n);
+    for (i = 0; result && i < n; i++) {
+        read_item *it = &items[i];
+        PyObject *r = it->err ? PyLong_FromLong(it->err)
+                              : PyBytes_FromStringAndSize(it->buf ? it->buf : "", it->len);
+        if (!r) Py_CLEAR(result);
+        else PyList_SET_ITEM(result, i, r);
+    }
+done:
+    if (items) {
+        for (i = 0; i < parsed; i++) {
+            Py_XDECREF(items[i].name);
+            free(items[i].buf);
+        }
+        PyMem_Free(items);
+    }
+    Py_DECREF(seq);
+    return result;
+}
+
 /* --- the module ----------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
     {"stage_files", stage_files, METH_VARARGS, stage_files_doc},
     {"place_files", place_files, METH_VARARGS, place_files_doc},
+    {"read_files", read_files, METH_VARARGS, read_files_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "dagsync._fastio",
-    .m_doc = "A chunk's file writes and renames in one call, without the GIL (bulkio.py).",
+    .m_doc = "A chunk's file writes and renames, a batch's reads, in one call each, "
+             "without the GIL (bulkio.py).",
     .m_size = -1,
     .m_methods = methods,
 };

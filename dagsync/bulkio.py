@@ -1,4 +1,4 @@
-"""A chunk's file creates and renames in one call each.
+"""A chunk's file creates and renames in one call each, and a batch's reads.
 
 The receiver writes thousands of small files in an initial sync. Made one by one from
 Python, each syscall gives the GIL away and has to win it back from the event loop,
@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Callable, Sequence
 
 # (dir_fd, temp_name, data, perm, chmod, mtime_ns)
 StageItem = tuple[int, str, bytes | memoryview, int, bool, int]
 # (src_fd, temp_name, dst_fd, name, link_first)
 PlaceItem = tuple[int, str, int, str, bool]
+# (dir_fd, name)
+ReadItem = tuple[int, str]
+# per read item: its content, or the errno of its failure, or one of these
+NOT_REGULAR, OVER_BUDGET = -1, -2
 # per stage item: (st_mtime_ns, st_ino) of the written temp, or the errno of its failure
 Staged = tuple[int, int] | int
 
@@ -84,8 +89,68 @@ def place_files_py(items: Sequence[PlaceItem]) -> list[int]:
     return out
 
 
+def read_files_py(items: Sequence[ReadItem], budget: int, ahead: int,
+                  window: int) -> list[bytes | int]:
+    """A window of files at a time: each opened (no symlink followed, O_NONBLOCK) and
+    read ahead (its first min(ahead, budget left) bytes: the kernel starts reading, we
+    do not wait), then each read whole, a regular file only, and closed. The files share
+    `budget` bytes in order: one that reaches what is left of it is OVER_BUDGET and
+    takes nothing from it. Per item its bytes, or the errno of its failure, NOT_REGULAR
+    or OVER_BUDGET."""
+    if budget < 1 or ahead < 0 or window < 1:
+        raise ValueError("read_files: budget and window must be positive")
+    out: list[bytes | int] = []
+    left = budget
+    for start in range(0, len(items), window):
+        fds: list[int | None] = []
+        for dir_fd, name in items[start : start + window]:
+            try:
+                fd = os.open(name, _READ, dir_fd=dir_fd)
+            except OSError as e:
+                out.append(e.errno or 0)
+                fds.append(None)
+                continue
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, min(ahead, left), os.POSIX_FADV_WILLNEED)
+            out.append(0)  # replaced below
+            fds.append(fd)
+        for at, opened in enumerate(fds, start):
+            if opened is None:
+                continue
+            try:
+                got = _read_whole(opened, left)
+            except OSError as e:
+                got = e.errno or 0
+            finally:
+                os.close(opened)
+            if isinstance(got, bytes):
+                if len(got) >= left:
+                    got = OVER_BUDGET
+                else:
+                    left -= len(got)
+            out[at] = got
+    return out
+
+
+def _read_whole(fd: int, limit: int) -> bytes | int:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return NOT_REGULAR
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.pread(fd, min(limit - size, 1 << 20), size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
 stage_files: Callable[[Sequence[StageItem]], list[Staged]] = stage_files_py
 place_files: Callable[[Sequence[PlaceItem]], list[int]] = place_files_py
+read_files: Callable[[Sequence[ReadItem], int, int, int], list[bytes | int]] = read_files_py
 FAST = False  # for logs and tests: True when the C helper runs
 if not os.environ.get("DAGSYNC_NO_FASTIO"):
     try:
@@ -94,3 +159,4 @@ if not os.environ.get("DAGSYNC_NO_FASTIO"):
         pass
     else:
         stage_files, place_files, FAST = _fastio.stage_files, _fastio.place_files, True
+        read_files = _fastio.read_files

@@ -174,16 +174,13 @@ class FolderEngine(RemoteApply, LocalChanges):
         self, path: str, want_hash: str, offset: int, size: int, dirs: fsio.Dirs | None = None
     ) -> bytes | None:
         """Content for a peer's Request, or None when we no longer hold that version."""
-        if self.records.file_hash(path) != want_hash:
+        if not self.holds(path, want_hash):
             return None
         return fsio.read_range(self.root, path, offset, size, dirs)
 
-    def open_for_peer(self, path: str, want_hash: str, dirs: fsio.Dirs) -> int | None:
-        """An fd on the content of a peer's request (the caller closes it), or None when
-        we no longer hold that version."""
-        if self.records.file_hash(path) != want_hash:
-            return None
-        return fsio.open_to_read(self.root, path, dirs)
+    def holds(self, path: str, want_hash: str) -> bool:
+        """Whether the version of `path` we hold has this content hash."""
+        return self.records.file_hash(path) == want_hash
 
 
 def _same_device(a: Path, b: Path) -> bool:

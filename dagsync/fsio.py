@@ -707,48 +707,57 @@ def read_range(
     """
     if offset < 0 or size < 0:
         raise ValueError(f"bad range {offset}+{size} for {relpath!r}")
-    fd = open_to_read(root, relpath, dirs)
-    try:
-        return read_open(fd, relpath, offset, size)
-    finally:
-        os.close(fd)
-
-
-def open_to_read(root: Path, relpath: str, dirs: Dirs | None = None) -> int:
-    """An fd to read `relpath` from, opened without following a symlink anywhere on the
-    way (PathRefused for one); the caller closes it."""
     with _dirs_for(root, dirs) as ds:
         pfd = ds.parent(relpath, create=False)
         try:
-            return os.open(_basename(relpath), _READ_FLAGS, dir_fd=pfd)
+            fd = os.open(_basename(relpath), _READ_FLAGS, dir_fd=pfd)
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise PathRefused(f"refused path {relpath!r}: is a symlink") from None
             raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PathRefused(f"refused path {relpath!r}: not a regular file")
+        chunks: list[bytes] = []
+        while size > 0:
+            chunk = os.pread(fd, min(size, 1 << 20), offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
-def read_ahead(fd: int, size: int) -> None:
-    """Start reading the first `size` bytes of a file into the page cache, without
-    waiting: files opened and read ahead together cost one wait for a cold disk, not one
-    per file (docs/initial-sync.md)."""
-    with contextlib.suppress(OSError):
-        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
-
-
-def read_open(fd: int, relpath: str, offset: int, size: int) -> bytes:
-    """Up to `size` bytes at `offset` of the regular file open on `fd` (PathRefused for
-    anything else); fewer only at end of file."""
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        raise PathRefused(f"refused path {relpath!r}: not a regular file")
-    chunks: list[bytes] = []
-    while size > 0:
-        chunk = os.pread(fd, min(size, 1 << 20), offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+def read_files(relpaths: Sequence[str], dirs: Dirs, budget: int, ahead: int,
+               window: int) -> list[bytes | OSError | PathRefused | None]:
+    """Each regular file's content, never through a symlink, in one bulkio call: a
+    window of files is opened and read ahead together, so a cold page cache costs about
+    one wait for the disk per window, not one per file. The files share `budget` bytes in
+    order; one that would reach what is left of it is None (to be read alone). Per file
+    its bytes, None, or the exception that failed it."""
+    results: list[bytes | OSError | PathRefused | None] = [None] * len(relpaths)
+    items: list[bulkio.ReadItem] = []
+    at: list[int] = []
+    for i, relpath in enumerate(relpaths):
+        try:
+            items.append((dirs.parent(relpath, create=False), _basename(relpath)))
+        except (OSError, PathRefused) as e:
+            results[i] = e
+            continue
+        at.append(i)
+    for i, got in zip(at, bulkio.read_files(items, budget, ahead, window), strict=True):
+        if isinstance(got, bytes):
+            results[i] = got
+        elif got == bulkio.NOT_REGULAR:
+            results[i] = PathRefused(f"refused path {relpaths[i]!r}: not a regular file")
+        elif got == errno.ELOOP:
+            results[i] = PathRefused(f"refused path {relpaths[i]!r}: is a symlink")
+        elif got != bulkio.OVER_BUDGET:
+            results[i] = OSError(got, os.strerror(got), relpaths[i])
+    return results
 
 
 def cleanup_temp_files(root: Path, *, copies: bool = False) -> list[Path]:

@@ -1,5 +1,5 @@
-"""bulkio's batch writes and renames, the C helper and the Python loops alike, on real
-files: same results, same errors, nothing left behind by a failed file."""
+"""bulkio's batch writes, renames and reads, the C helper and the Python loops alike, on
+real files: same results, same errors, nothing left behind by a failed file."""
 
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ try:
 except ImportError:  # not built: only the Python loops are tested (CI builds it)
     _fastio = None  # type: ignore[assignment]
 
-IMPLS: dict[str, tuple[Callable[..., Any], Callable[..., Any]] | None] = {
-    "python": (bulkio.stage_files_py, bulkio.place_files_py),
-    "c": (_fastio.stage_files, _fastio.place_files) if _fastio is not None else None,
+IMPLS: dict[str, tuple[Callable[..., Any], ...] | None] = {
+    "python": (bulkio.stage_files_py, bulkio.place_files_py, bulkio.read_files_py),
+    "c": (_fastio.stage_files, _fastio.place_files, _fastio.read_files)
+    if _fastio is not None else None,
 }
 
 
 @pytest.fixture(params=list(IMPLS))
-def impl(request: pytest.FixtureRequest) -> tuple[Callable[..., Any], Callable[..., Any]]:
+def impl(request: pytest.FixtureRequest) -> tuple[Callable[..., Any], ...]:
     found = IMPLS[request.param]
     if found is None:
         if os.environ.get("CI"):
@@ -48,7 +49,7 @@ MTIME = 1_700_000_000_123_456_789
 
 
 def test_stage_writes_content_mode_and_mtime(impl: Any, tmp_path: Path, dir_fd: int) -> None:
-    stage, _ = impl
+    stage = impl[0]
     old = os.umask(0o022)
     try:
         out = stage([
@@ -72,7 +73,7 @@ def test_stage_writes_content_mode_and_mtime(impl: Any, tmp_path: Path, dir_fd: 
 def test_stage_never_overwrites_or_follows(impl: Any, tmp_path: Path, dir_fd: int) -> None:
     """O_EXCL|O_NOFOLLOW: an existing name or a symlink planted at the temp name fails
     that file alone; neither it nor the symlink's target is touched."""
-    stage, _ = impl
+    stage = impl[0]
     (tmp_path / "taken.tmp").write_bytes(b"keep me")
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
     outside.write_bytes(b"outside")
@@ -89,7 +90,7 @@ def test_stage_never_overwrites_or_follows(impl: Any, tmp_path: Path, dir_fd: in
 
 
 def test_stage_bad_directory_fails_per_file(impl: Any, tmp_path: Path, dir_fd: int) -> None:
-    stage, _ = impl
+    stage = impl[0]
     closed = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     os.close(closed)
     out = stage([(closed, "x.tmp", b"x", 0o644, False, MTIME),
@@ -99,7 +100,7 @@ def test_stage_bad_directory_fails_per_file(impl: Any, tmp_path: Path, dir_fd: i
 
 def test_stage_rejects_malformed_items_before_writing(impl: Any, tmp_path: Path,
                                                       dir_fd: int) -> None:
-    stage, _ = impl
+    stage = impl[0]
     with pytest.raises((TypeError, ValueError)):
         stage([(dir_fd, "ok.tmp", b"x", 0o644, False, MTIME), ("not", "an", "item")])
     if stage is not bulkio.stage_files_py:  # C parses the whole batch first
@@ -109,7 +110,7 @@ def test_stage_rejects_malformed_items_before_writing(impl: Any, tmp_path: Path,
 def test_stage_full_disk_leaves_no_temp(impl: Any, tmp_path: Path) -> None:
     """A real ENOSPC (a 1 MiB tmpfs): the file that does not fit fails and its temp is
     removed, which frees the room the next file of the batch then uses."""
-    stage, _ = impl
+    stage = impl[0]
     disk = tmp_path / "disk"
     disk.mkdir()
     res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
@@ -133,7 +134,7 @@ def test_stage_full_disk_leaves_no_temp(impl: Any, tmp_path: Path) -> None:
 
 
 def test_place_links_new_names_and_renames_over_old(impl: Any, tmp_path: Path) -> None:
-    _, place = impl
+    place = impl[1]
     tmp, dst = tmp_path / "tmp", tmp_path / "dst"
     tmp.mkdir()
     dst.mkdir()
@@ -173,3 +174,50 @@ def test_the_configured_implementation_is_used() -> None:
         fast = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True, env=env)
         assert fast.stdout.split() == ["True", "dagsync._fastio"]
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_read_returns_each_file_in_order_across_windows(impl: Any, tmp_path: Path,
+                                                        dir_fd: int) -> None:
+    read = impl[2]
+    files = {f"f{i}.py": f"# {i}\n".encode() * i for i in range(11)}  # f0.py is empty
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    fds = _open_fds()
+    out = read([(dir_fd, name) for name in files], 1 << 20, 4096, 4)  # 3 windows
+    assert out == list(files.values())
+    assert _open_fds() == fds
+
+
+def test_read_failures_are_per_file_and_refuse_links_and_specials(
+        impl: Any, tmp_path: Path, dir_fd: int) -> None:
+    read = impl[2]
+    (tmp_path / "ok.py").write_bytes(b"ok\n")
+    (tmp_path / "target.py").write_bytes(b"secret\n")
+    os.symlink(tmp_path / "target.py", tmp_path / "link.py")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "sub").mkdir()
+    fds = _open_fds()
+    out = read([(dir_fd, "link.py"), (dir_fd, "missing.py"), (dir_fd, "fifo"),
+                (dir_fd, "sub"), (dir_fd, "ok.py"), (-1, "ok.py")], 1 << 20, 4096, 2)
+    assert out == [errno.ELOOP, errno.ENOENT, bulkio.NOT_REGULAR, bulkio.NOT_REGULAR, b"ok\n",
+                   errno.EBADF]
+    assert _open_fds() == fds
+
+
+def test_read_shares_the_budget_and_skips_a_file_that_would_reach_it(
+        impl: Any, tmp_path: Path, dir_fd: int) -> None:
+    """A batch answers with at most `budget` bytes: a file that would reach what is left
+    is over the budget (the peer asks for it alone) and takes nothing from it."""
+    read = impl[2]
+    sizes = {"a": 400, "b": 700, "c": 599, "d": 1, "e": 0}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(b"x" * size)
+    out = read([(dir_fd, name) for name in sizes], 1000, 1 << 20, 32)
+    # a: 400 of 1000; b: 700 would reach the 600 left; c: 599 < 600; d: 1 reaches the 1 left
+    assert out == [b"x" * 400, bulkio.OVER_BUDGET, b"x" * 599, bulkio.OVER_BUDGET, b""]
+    with pytest.raises(ValueError, match="positive"):
+        read([(dir_fd, "a")], 0, 0, 1)
