@@ -1889,13 +1889,18 @@ def goals(res: dict[str, Any]) -> dict[str, Any]:
     g: dict[str, Any] = {}
     ini = res.get("initial") or {}
     if "dagsync_agent" in ini:
-        r = ini["dagsync_agent"]["ratio_vs_rsync"]
+        # the goal holds at every size measured (issue 7: 5,000 and 20,000 files)
+        ratios = [(x["files"], x["dagsync_agent"]["ratio_vs_rsync"])
+                  for x in (ini, res.get("initial_big") or {})
+                  if "ratio_vs_rsync" in x.get("dagsync_agent", {})]
         r1 = ini["dagsync_oneshot"]["ratio_vs_rsync"]
         g["initial"] = {"goal": "(a) initial sync vs rsync over ssh (agent → agent)",
-                        "target": "≤ 1.0x (median / median)",
-                        "measured": f"{r['median']:.2f}x median ({r['min']:.2f}x min/min); "
-                                    f"one-shot {r1['median']:.2f}x",
-                        "ok": r["median"] <= GOAL_INITIAL_RATIO}
+                        "target": "≤ 1.0x (median / median), at each size",
+                        "measured": "; ".join(
+                            f"{files:,} files {r['median']:.2f}x median ({r['min']:.2f}x "
+                            f"min/min)" for files, r in ratios)
+                        + f"; one-shot {r1['median']:.2f}x",
+                        "ok": all(r["median"] <= GOAL_INITIAL_RATIO for _, r in ratios)}
     rsc = res.get("rescan") or {}
     if "scan_all_s" in rsc:
         s = rsc["scan_all_s"]

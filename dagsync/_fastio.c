@@ -5,8 +5,8 @@
  * seven syscalls, and every one of them gives the GIL away and must win it back from
  * the event loop, which is busy decoding the next chunk (docs/initial-sync.md). Here a
  * chunk of 512 files takes the GIL once. The semantics are those of the Python loops in
- * dagsync/bulkio.py (stage_files_py, place_files_py, read_files_py), which stay as the fallback and the
- * reference tests/test_bulkio.py holds this module to.
+ * dagsync/bulkio.py (stage_files_py, place_files_py, read_files_py), which stay as the
+ * fallback and the reference tests/test_bulkio.py holds this module to.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -278,7 +278,8 @@ static void read_run(read_item *items, Py_ssize_t n, Py_ssize_t budget, Py_ssize
             it->fd = openat(it->dir_fd, PyBytes_AS_STRING(it->name),
                             O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
             if (it->fd < 0) it->err = errno;
-            else posix_fadvise(it->fd, 0, first, POSIX_FADV_WILLNEED); /* a hint: no error */
+            else if (first > 0) /* a hint: its failure is no error (0 would mean "all") */
+                posix_fadvise(it->fd, 0, first, POSIX_FADV_WILLNEED);
         }
         for (i = w; i < end; i++) {
             read_item *it = &items[i];

@@ -110,8 +110,9 @@ def read_files_py(items: Sequence[ReadItem], budget: int, ahead: int,
                 out.append(e.errno or 0)
                 fds.append(None)
                 continue
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(fd, 0, min(ahead, left), os.POSIX_FADV_WILLNEED)
+            if ahead:  # a hint: its failure is no error (length 0 would mean "all")
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, 0, min(ahead, left), os.POSIX_FADV_WILLNEED)
             out.append(0)  # replaced below
             fds.append(fd)
         for at, opened in enumerate(fds, start):

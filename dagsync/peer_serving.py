@@ -87,10 +87,11 @@ class PeerServing(PeerState):
                                     if ok], dirs, p.BLOCK_SIZE, READ_AHEAD_BYTES, READ_AHEAD))
         out: list[tuple[int, bytes]] = []
         for (path, _), ok in zip(items, held, strict=True):
-            data = next(got) if ok else b""
             if not ok:
                 out.append((p.Status.CHANGED, b""))
-            elif isinstance(data, bytes):
+                continue
+            data = next(got)
+            if isinstance(data, bytes):
                 out.append((p.Status.OK, data))
             elif data is None:
                 out.append((p.Status.REFUSED, b""))  # over the batch's budget: ask alone

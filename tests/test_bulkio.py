@@ -189,6 +189,7 @@ def test_read_returns_each_file_in_order_across_windows(impl: Any, tmp_path: Pat
     fds = _open_fds()
     out = read([(dir_fd, name) for name in files], 1 << 20, 4096, 4)  # 3 windows
     assert out == list(files.values())
+    assert read([(dir_fd, name) for name in files], 1 << 20, 0, 32) == out  # no read-ahead
     assert _open_fds() == fds
 
 
