@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -209,6 +210,24 @@ def test_a_bulk_round_pauses_watching_and_loses_no_local_edit(cluster: Any) -> N
     wait_until(lambda: (a.dags / "after_the_round.py").exists(), 10, "a watched edit")
 
 
+def _never_missing(old: Path, new: Path,
+                   gaps: list[str]) -> tuple[threading.Event, threading.Thread]:
+    """Poll, until the event is set, that `old` or `new` exists; a moment when neither
+    did is added to `gaps`. `old` is looked at first: once it is gone, `new` must
+    already be there."""
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            if not old.exists() and not new.exists():
+                gaps.append(f"neither {old.name} nor {new} at {time.monotonic():.4f}")
+                return
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    return stop, thread
+
+
 def test_a_volume_mounted_inside_the_dag_folder_syncs_both_ways(cluster: Any) -> None:
     """dags/shared is a file system of its own on b (a tmpfs here, a volume in life):
     its files, a new node's initial sync of 600 of them included, land there too (they
@@ -230,10 +249,19 @@ def test_a_volume_mounted_inside_the_dag_folder_syncs_both_ways(cluster: Any) ->
         assert (b.dags / "shared/team_0/dag_0.py").read_text() == "dag = 'edited on a'\n"
         assert (a.dags / "shared/from_b.py").exists()
         # renames across the volume's edge, both ways: b cannot move the file with one
-        # rename(2) there (EXDEV), so it writes the content and deletes the old name
+        # rename(2) there (EXDEV), so it writes the content under the new name first and
+        # deletes the old name after; Airflow must never find the DAG under neither name
+        gaps = []
+        watching = [_never_missing(b.dags / "etl.py", b.dags / "shared/etl.py", gaps),
+                    _never_missing(b.dags / "shared/top.py", b.dags / "top.py", gaps)]
         os.rename(a.dags / "etl.py", a.dags / "shared/etl.py")
         os.rename(a.dags / "shared/top.py", a.dags / "top.py")
         wait_converged([a, b], 20)
+        for stop, thread in watching:
+            stop.set()
+            thread.join()
+        assert gaps == []
         assert not (b.dags / "etl.py").exists() and (b.dags / "shared/etl.py").exists()
+        assert not (b.dags / "shared/top.py").exists() and (b.dags / "top.py").exists()
         assert "cross-device" not in b.log.read_text()
         b.stop()  # before the volume goes
