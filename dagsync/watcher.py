@@ -87,10 +87,12 @@ class _Handler(FileSystemEventHandler):
         src = w.relative(os.fsdecode(event.src_path))
         if dest:
             # A move: its source went away, its destination appeared.
-            if src is not None:
-                w.loop.call_soon_threadsafe(w.note, [src], False, True)
             dst = w.relative(os.fsdecode(dest))
-            if dst is not None:
+            if src is not None and dst is not None:
+                w.loop.call_soon_threadsafe(w.note_move, src, dst)
+            elif src is not None:
+                w.loop.call_soon_threadsafe(w.note, [src], False, True)
+            elif dst is not None:
                 w.loop.call_soon_threadsafe(w.note, [dst], False, False)
         elif src is not None:
             w.loop.call_soon_threadsafe(w.note, [src], closed, gone)
@@ -114,6 +116,9 @@ class FolderWatcher:
         self.loop = loop
         # path -> (last event, closed, gone)
         self.pending: dict[str, tuple[float, bool, bool]] = {}
+        # pending destination of a move -> its source: the two halves of a rename travel in
+        # one round, so a peer moves the file instead of deleting it first (never missing)
+        self.moved: dict[str, str] = {}
         self.first_event: float | None = None
         self.wakeup = asyncio.Event()
         self.observer: Observer | None = None  # type: ignore[valid-type]
@@ -172,10 +177,17 @@ class FolderWatcher:
             self.observer.join(timeout=2)
             self.observer = None
 
+    def note_move(self, src: str, dst: str) -> None:
+        """A rename within the folder: `src` went away, `dst` appeared, complete."""
+        self.note([src], False, True)
+        self.note([dst], False, False)
+        self.moved[dst] = src
+
     def note(self, paths: list[str], closed: bool, gone: bool = False) -> None:
         now = time.monotonic()
         self.events += 1
         for path in paths:
+            self.moved.pop(path, None)  # written to since it was moved there: settle again
             _, was_closed, _ = self.pending.get(path, (now, False, False))
             self.pending[path] = (now, closed or was_closed, gone)
         if self.first_event is None:
@@ -192,11 +204,16 @@ class FolderWatcher:
         ready = {p for p, (t, closed, gone) in self.pending.items()
                  if not gone and (closed or now - t >= self.settle or overdue)}
         if ready:
-            # Whatever went away travels with what appeared: a rename stays one round.
+            # Whatever went away travels with what appeared, and so does what a rename put
+            # in place of what went away: a rename stays one round, even when a second
+            # rename's destination has not settled yet.
             ready |= {p for p, (_, _, gone) in self.pending.items() if gone}
+            ready |= self.moved.keys() & self.pending.keys()
         else:
             ready = {p for p, (t, _, gone) in self.pending.items()
                      if gone and (now - t >= max(self.settle, DELETE_HOLD) or overdue)}
+            ready |= {dst for dst, src in self.moved.items()
+                      if src in ready and dst in self.pending}
         waiting = [(max(self.settle, DELETE_HOLD) if gone else self.settle) - (now - t)
                    for p, (t, _, gone) in self.pending.items() if p not in ready]
         return ready, (max(0.001, min(waiting)) if waiting else None)
@@ -210,6 +227,7 @@ class FolderWatcher:
                 if ready:
                     for p in ready:
                         del self.pending[p]
+                        self.moved.pop(p, None)
                     self.first_event = time.monotonic() if self.pending else None
                     self.rounds += 1
                     try:

@@ -265,3 +265,35 @@ def test_a_volume_mounted_inside_the_dag_folder_syncs_both_ways(cluster: Any) ->
         assert not (b.dags / "shared/top.py").exists() and (b.dags / "top.py").exists()
         assert "cross-device" not in b.log.read_text()
         b.stop()  # before the volume goes
+
+
+
+def test_two_renames_at_once_each_arrive_as_a_rename_never_missing(cluster: Any) -> None:
+    """Two DAGs renamed back to back (a deploy script, a `git checkout`): the second
+    rename's destination may not have settled when the first one's has. Both halves of
+    each rename must still travel in one round: before, the second source's delete went
+    with the first rename and its new name came a round later, so b briefly had neither."""
+    nodes = cluster("a", "b", extra=LIVE)
+    a, b = nodes["a"], nodes["b"]
+    write(a.dags / "etl.py", "etl = 1\n")
+    write(a.dags / "shared/top.py", "top = 1\n")
+    a.start()
+    b.start()
+    wait_converged([a, b], 20)
+    inodes = {name: (b.dags / name).stat().st_ino for name in ("etl.py", "shared/top.py")}
+    for _ in range(3):
+        gaps: list[str] = []
+        watching = [_never_missing(b.dags / "etl.py", b.dags / "shared/etl.py", gaps),
+                    _never_missing(b.dags / "shared/top.py", b.dags / "top.py", gaps)]
+        os.rename(a.dags / "etl.py", a.dags / "shared/etl.py")
+        os.rename(a.dags / "shared/top.py", a.dags / "top.py")
+        wait_converged([a, b], 20)
+        for stop, thread in watching:
+            stop.set()
+            thread.join()
+        assert gaps == []
+        assert (b.dags / "shared/etl.py").stat().st_ino == inodes["etl.py"]  # moved, not
+        assert (b.dags / "top.py").stat().st_ino == inodes["shared/top.py"]  # rewritten
+        os.rename(a.dags / "shared/etl.py", a.dags / "etl.py")  # and back, for the next try
+        os.rename(a.dags / "top.py", a.dags / "shared/top.py")
+        wait_converged([a, b], 20)
