@@ -116,8 +116,9 @@ class FolderWatcher:
         self.loop = loop
         # path -> (last event, closed, gone)
         self.pending: dict[str, tuple[float, bool, bool]] = {}
-        # pending destination of a move -> its source: the two halves of a rename travel in
-        # one round, so a peer moves the file instead of deleting it first (never missing)
+        # pending destination of a move -> its source (always a key of `pending` too): the
+        # two halves of a rename travel in one round, so a peer moves the file instead of
+        # deleting it first (never missing)
         self.moved: dict[str, str] = {}
         self.first_event: float | None = None
         self.wakeup = asyncio.Event()
@@ -208,12 +209,11 @@ class FolderWatcher:
             # in place of what went away: a rename stays one round, even when a second
             # rename's destination has not settled yet.
             ready |= {p for p, (_, _, gone) in self.pending.items() if gone}
-            ready |= self.moved.keys() & self.pending.keys()
+            ready |= self.moved.keys()
         else:
             ready = {p for p, (t, _, gone) in self.pending.items()
                      if gone and (now - t >= max(self.settle, DELETE_HOLD) or overdue)}
-            ready |= {dst for dst, src in self.moved.items()
-                      if src in ready and dst in self.pending}
+            ready |= {dst for dst, src in self.moved.items() if src in ready}
         waiting = [(max(self.settle, DELETE_HOLD) if gone else self.settle) - (now - t)
                    for p, (t, _, gone) in self.pending.items() if p not in ready]
         return ready, (max(0.001, min(waiting)) if waiting else None)

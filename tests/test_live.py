@@ -228,6 +228,21 @@ def _never_missing(old: Path, new: Path,
     return stop, thread
 
 
+def _renames_watched(a: Any, b: Any) -> list[str]:
+    """On a, etl.py -> shared/etl.py and shared/top.py -> top.py back to back; the moments
+    b held neither name of one of them, polled until both nodes converged."""
+    gaps: list[str] = []
+    watching = [_never_missing(b.dags / "etl.py", b.dags / "shared/etl.py", gaps),
+                _never_missing(b.dags / "shared/top.py", b.dags / "top.py", gaps)]
+    os.rename(a.dags / "etl.py", a.dags / "shared/etl.py")
+    os.rename(a.dags / "shared/top.py", a.dags / "top.py")
+    wait_converged([a, b], 20)
+    for stop, thread in watching:
+        stop.set()
+        thread.join()
+    return gaps
+
+
 def test_a_volume_mounted_inside_the_dag_folder_syncs_both_ways(cluster: Any) -> None:
     """dags/shared is a file system of its own on b (a tmpfs here, a volume in life):
     its files, a new node's initial sync of 600 of them included, land there too (they
@@ -251,21 +266,11 @@ def test_a_volume_mounted_inside_the_dag_folder_syncs_both_ways(cluster: Any) ->
         # renames across the volume's edge, both ways: b cannot move the file with one
         # rename(2) there (EXDEV), so it writes the content under the new name first and
         # deletes the old name after; Airflow must never find the DAG under neither name
-        gaps = []
-        watching = [_never_missing(b.dags / "etl.py", b.dags / "shared/etl.py", gaps),
-                    _never_missing(b.dags / "shared/top.py", b.dags / "top.py", gaps)]
-        os.rename(a.dags / "etl.py", a.dags / "shared/etl.py")
-        os.rename(a.dags / "shared/top.py", a.dags / "top.py")
-        wait_converged([a, b], 20)
-        for stop, thread in watching:
-            stop.set()
-            thread.join()
-        assert gaps == []
+        assert _renames_watched(a, b) == []
         assert not (b.dags / "etl.py").exists() and (b.dags / "shared/etl.py").exists()
         assert not (b.dags / "shared/top.py").exists() and (b.dags / "top.py").exists()
         assert "cross-device" not in b.log.read_text()
         b.stop()  # before the volume goes
-
 
 
 def test_two_renames_at_once_each_arrive_as_a_rename_never_missing(cluster: Any) -> None:
@@ -282,16 +287,7 @@ def test_two_renames_at_once_each_arrive_as_a_rename_never_missing(cluster: Any)
     wait_converged([a, b], 20)
     inodes = {name: (b.dags / name).stat().st_ino for name in ("etl.py", "shared/top.py")}
     for _ in range(3):
-        gaps: list[str] = []
-        watching = [_never_missing(b.dags / "etl.py", b.dags / "shared/etl.py", gaps),
-                    _never_missing(b.dags / "shared/top.py", b.dags / "top.py", gaps)]
-        os.rename(a.dags / "etl.py", a.dags / "shared/etl.py")
-        os.rename(a.dags / "shared/top.py", a.dags / "top.py")
-        wait_converged([a, b], 20)
-        for stop, thread in watching:
-            stop.set()
-            thread.join()
-        assert gaps == []
+        assert _renames_watched(a, b) == []
         assert (b.dags / "shared/etl.py").stat().st_ino == inodes["etl.py"]  # moved, not
         assert (b.dags / "top.py").stat().st_ino == inodes["shared/top.py"]  # rewritten
         os.rename(a.dags / "shared/etl.py", a.dags / "etl.py")  # and back, for the next try
