@@ -96,6 +96,36 @@ def test_same_path_twice_in_one_batch_keeps_the_last(index: Index) -> None:
     assert index.get("dags", "a.py") == recs[1]
 
 
+def test_a_put_of_several_statements_keeps_order_and_every_field(index: Index) -> None:
+    """A put is written many rows a statement (256 here): 600 records span three
+    statements, the last one shorter, and come back field for field in seq order."""
+    versions = [(fv(f"d{i % 7}/f{i:04d}.py", i + 1), st(i + 1) if i % 5 else None)
+                for i in range(600)]
+    recs = index.put("dags", versions)
+    assert [r.seq for r in recs] == list(range(1, 601))
+    assert index.since("dags", 0, limit=1000) == recs
+    assert index.max_seq("dags") == 600
+
+
+def test_unusual_text_and_extreme_numbers_come_back_unchanged(index: Index) -> None:
+    """Records are read back as one JSON document a query: every character a file name
+    may hold and every integer a field may hold must survive it."""
+    names = ['quote".py', "back\\slash.py", "new\nline.py", "tab\t.py", "ctl\x01\x1f.py",
+             "ünï cødé/日本.py", "emoji 🚀.py", "slash/../dots.py", "\u2028sep.py"]
+    versions = [
+        (replace(fv(name, i + 1), mtime_ns=-(2**63) + i, hlc=2**63 - 1 - i,
+                 size=2**62 + i, origin='o"r\\i\ngin', target=name), LocalStat(
+                     size=2**63 - 1, mtime_ns=-1, inode=2**63 - 1 - i))
+        for i, name in enumerate(names)
+    ]
+    recs = index.put("dags", versions)
+    assert index.since("dags", 0) == recs
+    assert index.load("dags") == {r.version.path: r for r in recs}
+    assert [index.get("dags", name) for name in names] == recs
+    fields = list(index.each_fields("dags", page=4))
+    assert [f[0] for f in fields] == sorted(names)
+
+
 def test_since_paginates_in_seq_order(index: Index) -> None:
     index.put("dags", [(fv(f"f{i}.py", i), st(i)) for i in range(1, 26)])
     index.put("dags", [(fv("f3.py", 100), st(100))])  # f3 moves to the end (seq 26)
