@@ -89,7 +89,7 @@ _COLUMNS = (
 )
 _KINDS = {k.value: k for k in Kind}
 _ROW_MARKS = "(" + ", ".join(["?"] * (1 + len(_COLUMNS.split(",")))) + ")"
-_ROWS_PER_INSERT = 256
+_ROWS_PER_INSERT = 128
 
 # What RecordStore.put_fields takes: path, seq, kind, size, mtime_ns, mode, hash, deleted,
 # the vector's counters, hlc, origin, target, and the stat as (size, mtime_ns, inode).
@@ -156,12 +156,14 @@ def _row(folder: str, r: Record, vectors: dict[VersionVector, str]) -> tuple[obj
     )
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _insert_sql(rows: int) -> str:
     """One INSERT of `rows` records. Many rows a statement, not `executemany`: the sqlite3
     module lets go of the GIL around every step, so a row at a time hands the GIL back and
-    forth with the event loop once per file (a put of 20,000 files took 4x its CPU time in
-    wall time beside a busy event loop, and burnt twice the CPU in the hand-offs)."""
+    forth with the event loop once per file: beside a busy event loop, recording 20,000
+    files in groups of 512 took 1.0-1.4 s instead of 0.3 s (bench/sqlite_gil.py).
+    `rows` is a power of two: the connection keeps every statement it prepared (up to
+    128), and one of each length a group happened to leave over kept ~9 MiB."""
     return (f"INSERT OR REPLACE INTO files(folder, {_COLUMNS}) VALUES "
             + ",".join([_ROW_MARKS] * rows))
 
@@ -200,7 +202,8 @@ class Index:
         # SQLite before 3.32 allows 999 parameters a statement, later ones 32,766.
         per_row = _ROW_MARKS.count("?")
         limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        self._rows_per_insert = max(1, min(_ROWS_PER_INSERT, limit // per_row))
+        most = max(1, min(_ROWS_PER_INSERT, limit // per_row))
+        self._rows_per_insert = 1 << (most.bit_length() - 1)  # a power of two
 
     # -- setup -------------------------------------------------------------------------
 
@@ -416,9 +419,10 @@ class Index:
 
     def _rows(self, tail: str, params: tuple[object, ...]) -> list[_Row]:
         """The rows of `SELECT <columns> FROM files <tail>`, fetched in one step as one
-        JSON array: the sqlite3 module lets go of the GIL around every step, and a row a
-        step beside a busy event loop took 10x the wall time and 3x the CPU (20,000
-        records read in pages of 1,000: 1.1 s against 0.1 s). In no particular order."""
+        JSON array: the sqlite3 module lets go of the GIL around every step, and beside a
+        busy event loop reading 20,000 records a row a step, in pages of 1,000, took
+        1.0-1.3 s instead of 0.12-0.15 s (bench/sqlite_gil.py). In no particular order:
+        SQLite does not promise an aggregate its subquery's order."""
         with self._db() as c:
             row = c.execute(
                 f"SELECT json_group_array(json_array({_COLUMNS}))"
@@ -442,11 +446,13 @@ class Index:
         """Every record of `folder`, deletes included, by path."""
         return {r.version.path: r for r in self._select("folder=?", (folder,))}
 
-    def each_fields(self, folder: str, page: int = 2000) -> Iterator[RecordFields]:
+    def each_fields(self, folder: str, page: int = 500) -> Iterator[RecordFields]:
         """Every record of `folder` as the fields RecordStore.put_fields takes, in path
         order and a page at a time (a caller that packs them never holds them all as
         objects): a folder's records are loaded at start-up without building a Record,
-        FileVersion, VersionVector and LocalStat for each."""
+        FileVersion, VersionVector and LocalStat for each. Pages of 500: as fast as 2,000
+        at 20,000 records, and a page's JSON text (~150 KB) does not stay in the heap
+        (pages of 2,000 kept ~1 MiB of an idle agent's memory)."""
         after = ""
         while True:
             rows = self._rows("WHERE folder=? AND path>? ORDER BY path LIMIT ?",
@@ -486,10 +492,11 @@ class Index:
             records = [Record(v, last + i, st) for i, (v, st) in enumerate(items, start=1)]
             vectors: dict[VersionVector, str] = {}
             rows = [_row(folder, r, vectors) for r in records]
-            step = self._rows_per_insert
-            for start in range(0, len(rows), step):
-                part = rows[start:start + step]
-                c.execute(_insert_sql(len(part)), list(chain.from_iterable(part)))
+            start, most = 0, self._rows_per_insert
+            while start < len(rows):
+                n = min(most, 1 << ((len(rows) - start).bit_length() - 1))
+                c.execute(_insert_sql(n), list(chain.from_iterable(rows[start:start + n])))
+                start += n
             c.execute("UPDATE folders SET last_seq=? WHERE folder=?", (last + len(records), folder))
         return records
 
