@@ -107,6 +107,21 @@ def test_a_put_of_several_statements_keeps_order_and_every_field(index: Index) -
     assert index.max_seq("dags") == 600
 
 
+def test_puts_of_every_length_prepare_a_few_statements(index: Index) -> None:
+    """The connection keeps every statement it prepared: puts of 1 to 150 records must
+    share a few insert lengths (powers of two), not prepare one of each length."""
+    from dagsync.index import _insert_sql
+
+    _insert_sql.cache_clear()
+    n = 0
+    for size in range(1, 151):
+        index.put("dags", [(fv(f"f{n + i}.py", n + i + 1), st(n + i + 1))
+                           for i in range(size)])
+        n += size
+    assert _insert_sql.cache_info().currsize <= 8
+    assert index.max_seq("dags") == n == len(index.load("dags"))
+
+
 def test_unusual_text_and_extreme_numbers_come_back_unchanged(index: Index) -> None:
     """Records are read back as one JSON document a query: every character a file name
     may hold and every integer a field may hold must survive it."""
