@@ -129,6 +129,17 @@ class IndexCorrupt(IndexUnavailable):
     """The file is not a readable SQLite database: its content is damaged."""
 
 
+_U64 = 1 << 64
+
+
+def _inode_column(inode: int) -> int:
+    """An inode number as SQLite can hold it. st_ino is unsigned 64-bit and SQLite's
+    integers are signed: overlayfs with `xino` (a Docker image's layers) and some network
+    file systems give numbers of 2**63 and more. Stored as their two's complement, read
+    back modulo 2**64."""
+    return inode - _U64 if inode >= 1 << 63 else inode
+
+
 def _row(folder: str, r: Record, vectors: dict[VersionVector, str]) -> tuple[object, ...]:
     """The table row of a record; `vectors` (one per put) encodes each distinct vector
     once: a batch's versions share a few."""
@@ -152,7 +163,7 @@ def _row(folder: str, r: Record, vectors: dict[VersionVector, str]) -> tuple[obj
         v.target,
         None if st is None else st.size,
         None if st is None else st.mtime_ns,
-        None if st is None else st.inode,
+        None if st is None else _inode_column(st.inode),
     )
 
 
@@ -408,7 +419,8 @@ class Index:
                         origin,
                         target,
                     )
-                stat = None if ss is None or sm is None or si is None else LocalStat(ss, sm, si)
+                stat = None if ss is None or sm is None or si is None else LocalStat(
+                    ss, sm, si if si >= 0 else si + _U64)
                 out.append(Record(version, seq, stat))
             return out
         except (ValueError, TypeError, KeyError) as exc:
@@ -469,7 +481,7 @@ class Index:
                     yield (path, int(seq), kinds[kind], int(size), int(mtime), int(mode), hsh,
                            bool(dead), vvs[vv].counters, int(hlc), origin, target,
                            None if ss is None or sm is None or si is None
-                           else (int(ss), int(sm), int(si)))
+                           else (int(ss), int(sm), int(si) % _U64))
             except (ValueError, TypeError, KeyError) as exc:
                 raise self._corrupt(exc) from exc
             if len(rows) < page:
@@ -506,7 +518,7 @@ class Index:
         with self._txn() as c:
             c.execute(
                 "UPDATE files SET st_size=?, st_mtime_ns=?, st_inode=? WHERE folder=? AND path=?",
-                (stat.size, stat.mtime_ns, stat.inode, folder, path),
+                (stat.size, stat.mtime_ns, _inode_column(stat.inode), folder, path),
             )
 
     def paths_with_hash(self, folder: str, content_hash: str, limit: int = 8) -> list[str]:

@@ -124,13 +124,14 @@ def test_puts_of_every_length_prepare_a_few_statements(index: Index) -> None:
 
 def test_unusual_text_and_extreme_numbers_come_back_unchanged(index: Index) -> None:
     """Records are read back as one JSON document a query: every character a file name
-    may hold and every integer a field may hold must survive it."""
+    may hold and every integer a field may hold must survive it, inode numbers of 2**63
+    and more included (st_ino is unsigned; overlayfs with xino gives such numbers)."""
     names = ['quote".py', "back\\slash.py", "new\nline.py", "tab\t.py", "ctl\x01\x1f.py",
              "ünï cødé/日本.py", "emoji 🚀.py", "slash/../dots.py", "\u2028sep.py"]
     versions = [
         (replace(fv(name, i + 1), mtime_ns=-(2**63) + i, hlc=2**63 - 1 - i,
                  size=2**62 + i, origin='o"r\\i\ngin', target=name), LocalStat(
-                     size=2**63 - 1, mtime_ns=-1, inode=2**63 - 1 - i))
+                     size=2**63 - 1, mtime_ns=-1, inode=2**64 - 1 - i if i % 2 else 2**63 + i))
         for i, name in enumerate(names)
     ]
     recs = index.put("dags", versions)
@@ -139,6 +140,10 @@ def test_unusual_text_and_extreme_numbers_come_back_unchanged(index: Index) -> N
     assert [index.get("dags", name) for name in names] == recs
     fields = list(index.each_fields("dags", page=4))
     assert [f[0] for f in fields] == sorted(names)
+    assert {f[0]: f[12] for f in fields} == {
+        r.version.path: (r.stat.size, r.stat.mtime_ns, r.stat.inode) for r in recs if r.stat}
+    index.update_stat("dags", names[0], LocalStat(size=1, mtime_ns=2, inode=2**64 - 1))
+    assert index.get("dags", names[0]).stat == LocalStat(size=1, mtime_ns=2, inode=2**64 - 1)
 
 
 def test_since_paginates_in_seq_order(index: Index) -> None:
