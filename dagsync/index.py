@@ -420,7 +420,7 @@ class Index:
                         target,
                     )
                 stat = None if ss is None or sm is None or si is None else LocalStat(
-                    ss, sm, si if si >= 0 else si + _U64)
+                    ss, sm, si % _U64)
                 out.append(Record(version, seq, stat))
             return out
         except (ValueError, TypeError, KeyError) as exc:
