@@ -136,14 +136,20 @@ def read_files_py(items: Sequence[ReadItem], budget: int, ahead: int,
 def _read_whole(fd: int, limit: int) -> bytes | int:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         return NOT_REGULAR
+    return pread_all(fd, 0, limit)
+
+
+def pread_all(fd: int, offset: int, size: int) -> bytes:
+    """Up to `size` bytes at `offset` of the file open on `fd`, in reads of at most
+    1 MiB; fewer only at end of file."""
     chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = os.pread(fd, min(limit - size, 1 << 20), size)
+    while size > 0:
+        chunk = os.pread(fd, min(size, 1 << 20), offset)
         if not chunk:
             break
         chunks.append(chunk)
-        size += len(chunk)
+        offset += len(chunk)
+        size -= len(chunk)
     return b"".join(chunks)
 
 

@@ -718,15 +718,7 @@ def read_range(
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise PathRefused(f"refused path {relpath!r}: not a regular file")
-        chunks: list[bytes] = []
-        while size > 0:
-            chunk = os.pread(fd, min(size, 1 << 20), offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            offset += len(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
+        return bulkio.pread_all(fd, offset, size)
     finally:
         os.close(fd)
 
