@@ -133,6 +133,54 @@ def test_stage_full_disk_leaves_no_temp(impl: Any, tmp_path: Path) -> None:
         subprocess.run(["umount", str(disk)], check=True)
 
 
+def _split_batch(root: Path) -> tuple[list[Any], list[int]]:
+    """A chunk as a receiver stages it: runs of files in 7 directories (uneven runs, so
+    the cuts between threads fall inside and between them), with a name already taken
+    in the first and in the last run (EEXIST there, whichever thread meets it)."""
+    fds, items = [], []
+    for d, count in enumerate((50, 3, 61, 40, 1, 33, 52)):
+        (root / f"d{d}").mkdir()
+        fds.append(os.open(root / f"d{d}", os.O_RDONLY | os.O_DIRECTORY))
+        for i in range(count):
+            items.append((fds[-1], f"f{i}.py", f"# {d}/{i}\n".encode() * (i + 1),
+                          0o755 if i % 5 == 0 else 0o644, i % 7 == 0, MTIME + d * 1000 + i))
+    for taken in (root / "d0" / "f7.py", root / "d6" / "f50.py"):
+        taken.write_bytes(b"taken")
+        os.utime(taken, ns=(MTIME, MTIME))
+    return items, fds
+
+
+@pytest.mark.skipif(_fastio is None, reason="dagsync._fastio not built here")
+@pytest.mark.parametrize("threads", [2, 3, 4, 9, 0, -1])
+def test_stage_over_threads_gives_what_one_thread_gives(tmp_path: Path, threads: int) -> None:
+    """The C helper's batch split over threads (each a run of the items): every file is
+    written, with its mode and mtime, and every item's result in its own place, the
+    failures included, exactly as one thread does (and as the Python loop does)."""
+    trees = {}
+    for how in ("one", "split", "python"):
+        root = tmp_path / how
+        root.mkdir()
+        items, fds = _split_batch(root)
+        try:
+            out = (_fastio.stage_files(items, 1) if how == "one"
+                   else _fastio.stage_files(items, threads) if how == "split"
+                   else bulkio.stage_files_py(items))
+        finally:
+            for fd in fds:
+                os.close(fd)
+        assert [r for r in out if isinstance(r, int)] == [errno.EEXIST, errno.EEXIST]
+        assert out[7] == errno.EEXIST and out[-2] == errno.EEXIST
+        for (fd, name, _data, _perm, _chmod, _mtime), result in zip(items, out, strict=True):
+            if isinstance(result, tuple):
+                assert result == (MTIME + int(name[1:-3]) + 1000 * fds.index(fd),
+                                  os.stat(root / f"d{fds.index(fd)}" / name).st_ino)
+        trees[how] = {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mode,
+                                                       p.stat().st_mtime_ns)
+                      for p in root.rglob("*") if p.is_file()}
+    assert len(trees["one"]) == 240
+    assert trees["split"] == trees["one"] == trees["python"]
+
+
 def test_place_links_new_names_and_renames_over_old(impl: Any, tmp_path: Path) -> None:
     place = impl[1]
     tmp, dst = tmp_path / "tmp", tmp_path / "dst"
@@ -164,16 +212,17 @@ def test_place_links_new_names_and_renames_over_old(impl: Any, tmp_path: Path) -
 
 def test_the_configured_implementation_is_used() -> None:
     """DAGSYNC_NO_FASTIO=1 selects the Python loops; otherwise the C helper when built."""
-    code = "from dagsync import bulkio; print(bulkio.FAST, bulkio.stage_files.__module__)"
+    code = ("from dagsync import bulkio; print(bulkio.FAST, bulkio.place_files.__module__,"
+            " bulkio.stage_files is bulkio.stage_files_py)")
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
     plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, env={**env, "DAGSYNC_NO_FASTIO": "1"})
-    assert plain.stdout.split() == ["False", "dagsync.bulkio"]
+    assert plain.stdout.split() == ["False", "dagsync.bulkio", "True"]
     if _fastio is not None:
         env.pop("DAGSYNC_NO_FASTIO", None)
         fast = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True, env=env)
-        assert fast.stdout.split() == ["True", "dagsync._fastio"]
+        assert fast.stdout.split() == ["True", "dagsync._fastio", "False"]
 
 
 def _open_fds() -> int:
