@@ -11,6 +11,9 @@ Interleaved in one invocation, on the corpus and nodes of bench/run.py (a):
   harness-python
             the agent sync with both agents on the harness's own interpreter, not the
             agents' (--agent-python; by default the Debian package's, bench/agent_python.py);
+  fresh-a   the agent sync with A restarted just before it (the full run restarts A after
+            each one-shot sync, so every timed sync there has an A that has served none
+            yet; the other modes' A has served the runs before)
   base      with --base REV: the agent sync with B running dagsync as committed at REV
             (A stays the measured snapshot), for before/after figures in one invocation;
   no-apply  the same, but B's apply step is replaced by one that discards each chunk
@@ -297,7 +300,8 @@ def main() -> int:
                                           "DAGSYNC_FLOOR_OUT": os.fspath(out)},
                              "agent-py": {"DAGSYNC_NO_FASTIO": "1"}, **variants}.get(mode)
                     b.python = sys.executable if mode == "harness-python" else None
-                    if a.env != variants.get(mode) or a.python != b.python:  # the sender too
+                    if (a.env != variants.get(mode) or a.python != b.python  # the sender too
+                            or mode == "fresh-a"):
                         a.stop()
                         a.env, a.python = variants.get(mode), b.python
                         a.start()
