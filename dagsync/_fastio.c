@@ -95,7 +95,7 @@ static void run_items(const batch_ops *ops, char *items, Py_ssize_t n, int threa
 
 static PyObject *run_batch(PyObject *args, const char *format, const batch_ops *ops) {
     PyObject *items_in;
-    int threads = 1;
+    int threads = 1; /* filled by a format with "|i" (stage_files'), else left at 1 */
     if (!PyArg_ParseTuple(args, format, &items_in, &threads)) return NULL;
     PyObject *seq = PySequence_Fast(items_in, "items must be a sequence");
     if (!seq) return NULL;
