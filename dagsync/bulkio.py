@@ -155,9 +155,11 @@ def pread_all(fd: int, offset: int, size: int) -> bytes:
 
 # Threads the C helper writes a chunk's files with (each a run of whole directories).
 # The kernel's work of creating and filling the files is most of a receiver's staging,
-# and staging is the longest step of an initial sync once the VM's memory is cold: two
-# threads took 2-5 % off an initial sync of 20,020 files (docs/initial-sync.md).
-STAGE_THREADS = min(2, os.cpu_count() or 1)
+# and staging is the longest step of an initial sync when fresh memory is slow to touch
+# (as in a VM): two threads took 3-8 % off the median of an initial sync of 20,020 files
+# (docs/initial-sync.md). One where the process may use one CPU only.
+STAGE_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                    else os.cpu_count() or 1)
 
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
