@@ -48,12 +48,9 @@ agent to 1.0x. Every process started is tracked and stopped by PID (bench/run.py
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -228,22 +225,12 @@ def main() -> int:
             ap.error(f"--variant {v!r}: expected NAME:VAR=VALUE")
         variants[name] = {var: value}
     work = args.workdir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    if args.fresh_fs:
-        R.mount_fresh_fs(work, args.fresh_fs)
-    R.use_agent_python(args.agent_python)
-    R.load_dagsync(R.snapshot_source(work / "src-floor", args.source))
+    R.probe_setup(work, args.fresh_fs, args.agent_python, args.source, "floor")
     print(f"dagsync snapshot: {R.SNAPSHOT_INFO}", flush=True)
     base_src = base_snapshot(args.base, work / "src-base") if args.base else None
     modes = args.modes.split(",") + (["base"] if base_src and "base" not in args.modes else [])
     modes += [name for name in variants if name not in modes]
-    R.PROCS.pidfile = work / "pids-floor"
-    atexit.register(R.PROCS.stop_all)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, R._on_signal)
-
-    probe_dir = Path(tempfile.mkdtemp(prefix="floor-site-", dir=work))
-    (probe_dir / "sitecustomize.py").write_text(DISCARD_APPLY)
+    probe_dir = R.site_dir(work, "floor", DISCARD_APPLY)
     corpus_dir, _ = R.corpus(work, args.files)
     sshd = R.SSHD(work)
     sshd.start()

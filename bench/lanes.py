@@ -19,11 +19,9 @@ start. Every process started is stopped by PID (bench/run.py).
 from __future__ import annotations
 
 import argparse
-import atexit
 import collections
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -109,15 +107,8 @@ def main() -> int:
     R.agent_python.add_option(ap)
     args = ap.parse_args()
     work = args.workdir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    if args.fresh_fs:
-        R.mount_fresh_fs(work, args.fresh_fs)
-    R.use_agent_python(args.agent_python)
-    R.load_dagsync(R.snapshot_source(work / "src-lanes", args.source))
-    R.PROCS.pidfile = work / "pids-lanes"
-    atexit.register(R.PROCS.stop_all)
-    site = Path(tempfile.mkdtemp(prefix="lanes-site-", dir=work))
-    (site / "sitecustomize.py").write_text(TRACE)
+    R.probe_setup(work, args.fresh_fs, args.agent_python, args.source, "lanes")
+    site = R.site_dir(work, "lanes", TRACE)
     corpus_dir, _ = R.corpus(work, args.files)
     sshd = R.SSHD(work)
     sshd.start()

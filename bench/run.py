@@ -45,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -729,6 +730,31 @@ def initial_pair(base: Path, corpus_dir: Path) -> tuple[Node, Node, dict[str, An
     a.wait_ready()
     os.sync()
     return a, b, ref
+
+
+def probe_setup(work: Path, fresh_fs: int, agent_python_choice: str, source: str,
+                name: str) -> None:
+    """The start of a single-question probe (bench/floor.py, bench/lanes.py): its work
+    dir, on a fresh file system of `fresh_fs` GiB unless 0; the agents' interpreter; the
+    dagsync snapshot they run; every process started stopped by PID at exit or on a
+    signal."""
+    work.mkdir(parents=True, exist_ok=True)
+    if fresh_fs:
+        mount_fresh_fs(work, fresh_fs)
+    use_agent_python(agent_python_choice)
+    load_dagsync(snapshot_source(work / f"src-{name}", source))
+    PROCS.pidfile = work / f"pids-{name}"
+    atexit.register(PROCS.stop_all)  # after the unmount's: runs before it
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+
+
+def site_dir(work: Path, name: str, code: str) -> Path:
+    """A new directory holding `code` as sitecustomize.py: an agent with it on its
+    PYTHONPATH runs the code first thing (a probe's instrumentation, never dagsync's)."""
+    site = Path(tempfile.mkdtemp(prefix=f"{name}-site-", dir=work))
+    (site / "sitecustomize.py").write_text(code)
+    return site
 
 
 def agents_cpu_s(nodes: list[Node]) -> float:
