@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import collections
 import contextlib
 import importlib.util
@@ -566,15 +565,8 @@ def main() -> int:
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     work = args.workdir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    if args.fresh_fs:
-        R.mount_fresh_fs(work, args.fresh_fs)
-    R.use_agent_python(args.agent_python)
-    R.load_dagsync(args.src.resolve() if args.src else R.snapshot_source(work / "src-profile"))
-    R.PROCS.pidfile = work / "pids-profile"
-    atexit.register(R.PROCS.stop_all)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, R._on_signal)
+    R.probe_setup(work, args.fresh_fs, args.agent_python, "head", "profile",
+                  args.src.resolve() if args.src else None)
     if args.scenario == "analyze":
         for f in args.raw:
             analyze(f, os.fspath(f))

@@ -733,16 +733,16 @@ def initial_pair(base: Path, corpus_dir: Path) -> tuple[Node, Node, dict[str, An
 
 
 def probe_setup(work: Path, fresh_fs: int, agent_python_choice: str, source: str,
-                name: str) -> None:
-    """The start of a single-question probe (bench/floor.py, bench/lanes.py): its work
-    dir, on a fresh file system of `fresh_fs` GiB unless 0; the agents' interpreter; the
-    dagsync snapshot they run; every process started stopped by PID at exit or on a
-    signal."""
+                name: str, src: Path | None = None) -> None:
+    """The start of a single-question probe (bench/floor.py, bench/lanes.py,
+    bench/profile.py): its work dir, on a fresh file system of `fresh_fs` GiB unless 0;
+    the agents' interpreter; the dagsync they run (`src`, else a new snapshot of
+    `source`); every process started stopped by PID at exit or on a signal."""
     work.mkdir(parents=True, exist_ok=True)
     if fresh_fs:
         mount_fresh_fs(work, fresh_fs)
     use_agent_python(agent_python_choice)
-    load_dagsync(snapshot_source(work / f"src-{name}", source))
+    load_dagsync(src if src is not None else snapshot_source(work / f"src-{name}", source))
     PROCS.pidfile = work / f"pids-{name}"
     atexit.register(PROCS.stop_all)  # after the unmount's: runs before it
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
