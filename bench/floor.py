@@ -185,19 +185,14 @@ def wait_chunks(path: Path, want: int, t0: float, b: R.Node, timeout: float = 30
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--files", type=int, default=5000)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--fresh-fs", type=int, default=8, metavar="GIB")
+    R.probe_options(ap, files=5000, fresh_fs=8)
     ap.add_argument("--modes", default="agent,agent-py,no-apply",
                     help="dagsync variants to time beside rsync, in this order per run")
-    ap.add_argument("--source", choices=("head", "worktree"), default="head")
     ap.add_argument("--base", default=None, metavar="REV",
                     help="also time B running dagsync at this git revision (mode 'base')")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE",
                     help="also time the agent with VAR=VALUE in both agents' environment, as mode "
                          "NAME (an experiment behind an environment switch)")
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
-    R.agent_python.add_option(ap)
     ap.add_argument("--churn", type=int, default=0, metavar="N",
                     help="before each run, write N copies of the corpus into the image (kept, "
                          "as the full run's anchors leave theirs) and sync")

@@ -98,13 +98,8 @@ def report(path: Path, t0: float, timeline: bool) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--files", type=int, default=20000)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--fresh-fs", type=int, default=32, metavar="GIB")
-    ap.add_argument("--source", choices=("head", "worktree"), default="head")
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
+    R.probe_options(ap, files=20000, fresh_fs=32)
     ap.add_argument("--timeline", action="store_true")
-    R.agent_python.add_option(ap)
     args = ap.parse_args()
     work = args.workdir.resolve()
     R.probe_setup(work, args.fresh_fs, args.agent_python, args.source, "lanes")

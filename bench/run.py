@@ -732,6 +732,17 @@ def initial_pair(base: Path, corpus_dir: Path) -> tuple[Node, Node, dict[str, An
     return a, b, ref
 
 
+def probe_options(ap: argparse.ArgumentParser, files: int, fresh_fs: int) -> None:
+    """The options every initial-sync probe takes (bench/floor.py, bench/lanes.py);
+    probe_setup uses them."""
+    ap.add_argument("--files", type=int, default=files)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--fresh-fs", type=int, default=fresh_fs, metavar="GIB")
+    ap.add_argument("--source", choices=("head", "worktree"), default="head")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/dagsync-bench"))
+    agent_python.add_option(ap)
+
+
 def probe_setup(work: Path, fresh_fs: int, agent_python_choice: str, source: str,
                 name: str, src: Path | None = None) -> None:
     """The start of a single-question probe (bench/floor.py, bench/lanes.py,
