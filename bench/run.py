@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import calendar
 import contextlib
 import datetime as dt
 import hashlib
@@ -851,6 +852,27 @@ def log_size(path: Path) -> int:
         return 0
 
 
+def last_recorded_at(log: Path, start: int, end: int) -> float | None:
+    """Wall-clock time (epoch seconds) of the last "N file(s) updated" line an agent
+    logged (`--log-format json`) between byte offsets `start` and `end`: when it
+    recorded the last files of a bulk round in its index. A bulk round records what
+    landed once at its end, after every file is in place (remote_apply.RECORD_AFTER),
+    so this comes after the time (a) measures; the docs give both."""
+    with log.open("rb") as f:
+        f.seek(start)
+        lines = f.read(max(0, end - start)).splitlines()
+    for line in reversed(lines):
+        if b"file(s) updated" not in line:
+            continue
+        try:
+            ts = json.loads(line)["ts"]
+        except (ValueError, KeyError):
+            continue
+        return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + float(
+            "0" + ts[19:-1])
+    return None
+
+
 def keep_slow_run_logs(key: str, times: list[float],
                        parts: list[dict[str, tuple[Path, int, int]]]) -> list[str]:
     """Copy the agents' log lines of each run over 1.4x the median out of the work dir
@@ -937,7 +959,7 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
         marks: dict[str, float] = {}
         assert a.proc is not None
         a_cpu0 = proc_cpu_s(a.proc.pid)
-        t0 = time.perf_counter()
+        t0, t0_wall = time.perf_counter(), time.time()
         b.start()
         t, c = wait_converged([b], ref, t0, timeout=900, what=f"agent run {i + 1}",
                               procs=[a, b], marks=marks,
@@ -951,6 +973,9 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
         b.stop()  # its rescan after the round must not run into rsync's timing
         ag_logs.append({n.name: (n.log, log_from[n.name], log_size(n.log))
                         for n in (a, b)})
+        recorded = last_recorded_at(b.log, log_from["b"], log_size(b.log))
+        if recorded is not None:
+            marks["b_recorded_s"] = recorded - t0_wall
         log(f"(a) run {i + 1}/{runs} dagsync agent->agent: {t:.3f} s (B ready "
             f"{marks.get('b_ready_s', 0):.2f} s, first file "
             f"{marks.get('first_file_s', 0):.2f} s; {c} full compare(s)); others' CPU "
@@ -1045,7 +1070,9 @@ def bench_initial(res: dict[str, Any], work: Path, corpus_dir: Path, runs: int,
                             "b_ready_s": stats(m["b_ready_s"] for m in ag_marks
                                                if "b_ready_s" in m),
                             "first_file_s": stats(m["first_file_s"] for m in ag_marks
-                                                  if "first_file_s" in m)}
+                                                  if "first_file_s" in m),
+                            "b_recorded_s": stats(m["b_recorded_s"] for m in ag_marks
+                                                  if "b_recorded_s" in m)}
     slow_logs = keep_slow_run_logs(key, ag, ag_logs)
     if slow_logs:
         out["dagsync_agent"]["slow_run_logs"] = slow_logs
@@ -1628,6 +1655,12 @@ def render(res: dict[str, Any], json_rel: str, plots: dict[str, str] | None = No
             w(f"Inside the agent → agent figure (medians): B's agent had its control socket "
               f"(interpreter start, imports, empty first scan, server up) at "
               f"{f_s(mk['median'])}; the first file appeared on B at {f_s(ff['median'])}.")
+            rec = ag.get("b_recorded_s") or {}
+            if rec.get("n"):
+                w(f"B recorded the last files in its index at {f_s(rec['median'])} (median; "
+                  f"{f_s(rec['min'])}-{f_s(rec['max'])}): a bulk round records what landed "
+                  "once, after every file is in place, so this comes after the time above "
+                  "(the files' write-ahead notes cover them meanwhile).")
             w("")
         per, io = [], []
         for label, key in (("rsync", "rsync_ssh"), ("agent → agent", "dagsync_agent"),
