@@ -132,8 +132,8 @@ class FolderEngine(RemoteApply, LocalChanges):
         """After a crash mid-apply: record each intended version that is on disk as it
         was meant to be (content hash checked), so it is not mistaken for a local edit.
         Each chunk in flight had its own note (INTENT_SLOTS), for different paths."""
-        rows = self.index.metas(self._intent_key(0))
-        notes = [(slot, rows.get(self._intent_key(slot))) for slot in range(INTENT_SLOTS)]
+        notes = [(slot, self.index.get_meta(self._intent_key(slot)))
+                 for slot in range(INTENT_SLOTS)]
         if not any(raw for _, raw in notes):
             return
         landed: list[tuple[FileVersion, LocalStat | None]] = []

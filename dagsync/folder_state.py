@@ -23,7 +23,7 @@ from dagsync.index import Index, LocalStat, Record, RecordFields
 from dagsync.model import Action, FileVersion
 from dagsync.recstore import RecordStore
 
-INTENT_SLOTS = 64  # chunks of one apply round in flight or unrecorded at once (remote_apply)
+INTENT_SLOTS = 6  # chunks of one apply round in flight at once (remote_apply)
 
 log = logging.getLogger("dagsync.engine")  # one logger for the whole folder engine
 
@@ -204,26 +204,13 @@ class FolderState:
 
     def _mark_applying(self, slot: int, paths: set[str] | None) -> None:
         """Set (or with None, clear) the paths the chunk in `slot` is writing."""
-        if paths is None:
-            self._mark_applying_done([slot])
-            return
         with self._applying_lock:
-            self._applying_parts[slot] = paths
-            self._union_applying()
-
-    def _mark_applying_done(self, slots: list[int]) -> None:
-        """Clear the paths of the chunks in `slots`, all at once (a bulk round's last
-        commit may release dozens)."""
-        if not slots:
-            return
-        with self._applying_lock:
-            for slot in slots:
+            if paths is None:
                 self._applying_parts.pop(slot, None)
-            self._union_applying()
-
-    def _union_applying(self) -> None:
-        parts = list(self._applying_parts.values())
-        self.applying = parts[0] if len(parts) == 1 else set().union(*parts)
+            else:
+                self._applying_parts[slot] = paths
+            parts = list(self._applying_parts.values())
+            self.applying = parts[0] if len(parts) == 1 else set().union(*parts)
 
     def _intent_key(self, slot: int) -> str:
         return f"intent:{self.id}" if slot == 0 else f"intent:{self.id}:{slot}"

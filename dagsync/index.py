@@ -578,13 +578,6 @@ class Index:
             row = c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
-    def metas(self, prefix: str) -> dict[str, str]:
-        """Every meta entry whose key starts with `prefix`, in one query."""
-        with self._db() as c:
-            rows = c.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?",
-                             (len(prefix), prefix)).fetchall()
-        return {str(k): str(v) for k, v in rows}
-
     def set_meta(self, key: str, value: str) -> None:
         with self._txn() as c:
             c.execute(

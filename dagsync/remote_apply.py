@@ -46,17 +46,8 @@ CHUNK_BYTES = 32 * 1024**2
 # Groups of 4 were no faster and kept ~2 MiB more of an idle receiver's heap (each chunk
 # waiting for a commit keeps its objects alive; docs/initial-sync.md).
 COMMIT_GROUP = 2
-# Chunks a bulk round keeps placed but unrecorded, at most: it records what landed when
-# it ends (or when this many chunks wait), in one transaction, rather than group by group
-# while the stream runs. Recording then no longer competes with the fetch and the
-# staging for the GIL and the index, and the peer is not sent each chunk's records back
-# mid-stream: an initial sync of 20,020 files had every file in place 0.84x of the time
-# it took when each group was recorded by the next commit (docs/initial-sync.md). Until
-# recorded, each chunk's write-ahead note names its files (a crash adopts them) and its
-# paths stay in `applying`. Each chunk in flight needs its own note (INTENT_SLOTS): the
-# held ones, a group committing and one filling up while the next chunk is staged.
-RECORD_AFTER = INTENT_SLOTS - 2 * COMMIT_GROUP
-assert RECORD_AFTER >= COMMIT_GROUP
+# in flight: a group placed, waiting for its record, one committing, the next filling up
+assert INTENT_SLOTS >= 3 * COMMIT_GROUP
 LOG_EACH_UP_TO = 20  # applied files logged one per line; more make one summary line
 
 # Further remote entries a bulk round takes in while it runs: the next index batch already
@@ -313,10 +304,8 @@ class RemoteApply(LocalChanges):
         """A new apply starts with slot 0; a note left in the other slot by a round that
         failed is dropped, as the next apply's note always replaced a failed one's (what
         that round placed unrecorded is found by the scans as local files)."""
-        notes = self.index.metas(self._intent_key(0))  # one query, not one a slot
         for slot in range(1, INTENT_SLOTS):
-            if notes.get(self._intent_key(slot), "[]") != "[]":
-                self._set_intent([], slot)
+            self._set_intent([], slot)
 
     def _stage_chunk(
         self, planned: list[Planned], contents: dict[str, bytes], outcome: BatchOutcome,
@@ -393,20 +382,15 @@ class RemoteApply(LocalChanges):
         Unless `final`, a group without deletes is placed but not recorded yet: its
         renames become durable with the next commit's first syncfs (the one that makes
         that group's content durable), which saves a syncfs a group. It is returned as
-        _Placed, and a later commit, given it as `placed`, records it: the next one
-        when RECORD_AFTER chunks would otherwise be held, else the round's last one
-        (`final`), after its own files are in place; meanwhile each later group joins
-        it. Until then its chunks' notes name its files: a crash adopts them on restart."""
+        _Placed, and the next commit, given it as `placed`, records it first. Until then
+        its chunks' notes name its files: a crash meanwhile adopts them on restart."""
         assert not any(c.has_deletes for c in chunks[:-1])  # _Lanes.blocks sees to it
         defer = not final and bool(chunks) and not chunks[-1].has_deletes
-        hold = (defer and placed is not None
-                and len(placed.chunks) + len(chunks) <= RECORD_AFTER)
         started, cpu = time.perf_counter(), time.thread_time()
         done = [d for c in chunks for d in c.done]  # _place adds the staged ones
         gone: list[tuple[FileVersion, LocalStat | None]] = []
         kept: _Placed | None = None
         staged = [s for c in chunks for s in c.staged]
-        landed = placed.done if placed is not None and not hold else []
         try:
             try:
                 synced: set[int] = set()
@@ -414,50 +398,36 @@ class RemoteApply(LocalChanges):
                     try:  # one syncfs: this group's content, and the last group's renames
                         device = fsio.sync_root(self.root)
                         synced = {device} if device is not None else set()
-                        if defer and not hold:  # held long enough: recorded first
-                            self._record_landed(placed.done, outcome)
-                            placed.recorded = True
+                        self._record_landed(placed.done, outcome)
                     except BaseException:
                         fsio.abort([st for st, _ in staged])
                         raise
-                    if defer and not hold:
-                        for c in placed.chunks:
-                            self._set_intent([], c.slot)
+                    for c in placed.chunks:
+                        self._set_intent([], c.slot)
                 self._place(staged, done, outcome, chunks[0].dirs if chunks else None,
                             settle=not defer, synced=synced)
             finally:  # closed before a delete removes a directory
                 for c in chunks:
                     c.dirs.close()
             if defer:
-                for c in chunks:  # what a held chunk no longer needs
-                    c.staged, c.done = [], []
-                if hold:
-                    assert placed is not None
-                    placed.chunks.extend(chunks)
-                    placed.done.extend(done)
-                    kept = placed
-                else:
-                    kept = _Placed(chunks, done)
-            else:  # the held groups and this one, in one transaction
-                self._record_landed(landed + done, outcome)
-                if placed is not None:
-                    placed.recorded = True
+                kept = _Placed(chunks, done)
+            else:
+                self._record_landed(done, outcome)
                 if chunks:
                     self._apply_decided(chunks[-1].deletes, {}, [], gone, outcome,
                                         chunks[-1].movable)
                     self._record_landed(gone, outcome)
-                for c in [*(placed.chunks if placed else ()), *chunks]:
+                for c in chunks:
                     self._set_intent([], c.slot)
-        finally:  # a held group's paths stay held until it is recorded
-            self._mark_applying_done(
-                [c.slot for c in [*(placed.chunks if placed is not None and kept is not placed
-                                    else ()), *(chunks if kept is None else ())]])
+        finally:  # a kept group's paths stay held until it is recorded
+            for c in [*(placed.chunks if placed else ()), *(chunks if kept is None else ())]:
+                self._mark_applying(c.slot, None)
         seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu
         for c in chunks:  # the group's commit, shared out by files
             share = c.files / max(1, sum(x.files for x in chunks))
             c.seconds += seconds * share
             c.cpu += cpu * share
-        recorded = landed + ([] if kept else done + gone)
+        recorded = (placed.done if placed else []) + ([] if kept else done + gone)
         if not recorded:  # a local edit found now is news
             return sum(c.registered for c in chunks) > 0, kept
         self._log_applied([v for v, _ in recorded])
@@ -762,7 +732,6 @@ class _Placed:
 
     chunks: list[_Chunk]
     done: list[tuple[FileVersion, LocalStat | None]]
-    recorded: bool = False  # by a commit that failed after recording it (_Lanes.settle)
 
 
 class _Lanes:
@@ -777,8 +746,7 @@ class _Lanes:
         self._committing: asyncio.Future[tuple[bool, _Placed | None]] | None = None
         self._group: list[_Chunk] = []  # what `_committing` commits
         self._waiting: list[_Chunk] = []  # staged, not handed to a commit yet
-        self._placed: _Placed | None = None  # in place, for a later commit to record
-        self._handed: _Placed | None = None  # the `placed` that `_committing` was given
+        self._placed: _Placed | None = None  # in place, for the next commit to record
 
     def blocks(self, chunk: list[Planned]) -> bool:
         """Whether every chunk in flight must be committed before `chunk` is staged."""
@@ -817,9 +785,6 @@ class _Lanes:
             await asyncio.wait({self._committing})
             if not self._committing.cancelled() and self._committing.exception() is None:
                 self._placed = self._committing.result()[1]
-            elif self._handed is not None and not self._handed.recorded:
-                # what it was to record is in place: the commit below syncs, then records
-                self._placed = self._handed
             self._committing = None  # its error, if any, was retrieved: the round raises its own
         if self._placed is not None:
             placed, self._placed = self._placed, None
@@ -833,7 +798,6 @@ class _Lanes:
     def _start(self, *, final: bool) -> None:
         self._group, self._waiting = self._waiting, []
         placed, self._placed = self._placed, None
-        self._handed = placed
         self._committing = self._loop.run_in_executor(None, self._commit, self._group,
                                                      self._outcome, placed, final)
 

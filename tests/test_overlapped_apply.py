@@ -140,14 +140,13 @@ class ByHash(MemoryPeer):
 
 
 def fail_recording(monkeypatch: pytest.MonkeyPatch, folder: engine.FolderEngine,
-                   nth: int, times: int = 1 << 30) -> None:
-    """The folder's index writes fail as on a full disk from the `nth` on, `times` of
-    them (by default every one from then on)."""
+                   nth: int) -> None:
+    """The folder's `nth` index write fails as on a full disk (the others go through)."""
     put, calls = folder.index.put, []
 
     def failing_put(*args: Any, **kw: Any) -> Any:
         calls.append(1)
-        if nth <= len(calls) < nth + times:
+        if len(calls) == nth:
             raise OSError(28, "No space left on device")
         return put(*args, **kw)
 
@@ -217,16 +216,12 @@ async def test_chunks_staged_during_a_slow_commit_share_the_next_one(
     b.index.close()
 
 
-@pytest.mark.parametrize("record_after", [1, remote_apply.RECORD_AFTER])
 async def test_no_file_is_recorded_before_a_syncfs_after_its_placement(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_after: int,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A group's record waits for a later group's syncfs: between placing files and
+    """A group's record waits for the next group's syncfs: between placing files and
     recording them there is always a syncfs (a power cut never leaves a record of a
-    file whose rename was lost), and a round takes one syncfs a group, plus one. By
-    default the round records everything once, at its end; with RECORD_AFTER 1 each
-    group is recorded by the next commit."""
-    monkeypatch.setattr(remote_apply, "RECORD_AFTER", record_after)
+    file whose rename was lost), and a round takes one syncfs a group, plus one."""
     a, versions, data = await sender_with(tmp_path / "a", 1300)
     b = make_folder(tmp_path / "b", "b")
     await b.open()
@@ -252,11 +247,7 @@ async def test_no_file_is_recorded_before_a_syncfs_after_its_placement(
     assert outcome.failed == [] and on_disk(b.root) == on_disk(a.root)
     assert notes_cleared(b) and b.applying == set()
     places = events.count("place")
-    assert places >= 3
-    if record_after == 1:  # the last commit records the group before with its own
-        assert events.count("record") in (places - 1, places)
-    else:
-        assert events.count("record") == 1
+    assert places >= 3 and events.count("record") == places
     for i, event in enumerate(events):
         if event == "record":
             last_place = max(j for j in range(i) if events[j] == "place")
@@ -398,7 +389,6 @@ async def test_a_round_failing_mid_commit_leaves_notes_for_what_landed(
     adopts chunk 3's files as the cluster's versions from the notes, the staged chunk
     leaves no temp file and no path held in `applying`."""
     monkeypatch.setattr(remote_apply, "COMMIT_GROUP", 1)  # one chunk per commit
-    monkeypatch.setattr(remote_apply, "RECORD_AFTER", 1)  # each recorded by the next
     a, versions, data = await sender_with(tmp_path / "a", 1300)
     b = make_folder(tmp_path / "b", "b")
     await b.open()
@@ -426,7 +416,6 @@ async def test_a_group_failing_to_record_is_adopted_from_each_chunks_note(
     """Chunks 2 and 3 committed as one group, their files in place, then recording them
     fails: a restart adopts every file from the two chunks' notes, none is taken for a
     local edit, and the staged chunk 4 leaves no temp file."""
-    monkeypatch.setattr(remote_apply, "RECORD_AFTER", 1)  # each recorded by the next
     a, versions, data = await sender_with(tmp_path / "a", 1300)
     b = make_folder(tmp_path / "b", "b")
     await b.open()
@@ -451,112 +440,6 @@ async def test_a_group_failing_to_record_is_adopted_from_each_chunks_note(
     assert notes_cleared(restarted)
     a.index.close()
     restarted.index.close()
-
-
-async def test_a_bulk_round_records_what_landed_once_every_file_is_in_place(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """By default a round's records wait for its end: when the one recording starts,
-    every file is in place, each chunk's note still names its files and their paths
-    are still held in `applying`; afterwards the notes are empty and nothing is held."""
-    a, versions, data = await sender_with(tmp_path / "a", 1300)  # chunks 44, 474, 474, 308
-    b = make_folder(tmp_path / "b", "b")
-    await b.open()
-    seen: list[tuple[int, int, int, int]] = []
-    put = b.index.put
-
-    def recording(folder: str, items: Any) -> Any:
-        noted = sum(len(json.loads(n)) for n in intent_notes(b) if n not in ("[]", None))
-        seen.append((len(items), len(on_disk(b.root)), noted, len(b.applying)))
-        return put(folder, items)
-
-    monkeypatch.setattr(b.index, "put", recording)
-    outcome = await b.apply_batch(versions, MemoryPeer(data))
-    assert outcome.failed == [] and on_disk(b.root) == on_disk(a.root)
-    assert len(seen) == 1
-    records, files, noted, held = seen[0]
-    assert records == files == noted == 1300
-    assert held >= 1300  # the files and their directories
-    assert notes_cleared(b) and b.applying == set()
-    assert {p: r.version for p, r in b.records.items()} == {v.path: v for v in versions}
-    a.index.close()
-    b.index.close()
-
-
-async def test_held_chunks_are_recorded_before_more_than_record_after_wait(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With RECORD_AFTER 2 (one chunk a commit): chunks 1 and 2 are held, chunk 3's
-    commit records them before placing its own files, and the round's last commit
-    records 3 and 4 together."""
-    monkeypatch.setattr(remote_apply, "COMMIT_GROUP", 1)
-    monkeypatch.setattr(remote_apply, "RECORD_AFTER", 2)
-    a, versions, data = await sender_with(tmp_path / "a", 1300)  # chunks 44, 474, 474, 308
-    sizes = [len(c) for c in remote_apply._chunks([SimpleNamespace(remote=v) for v in versions])]
-    assert len(sizes) == 4
-    b = make_folder(tmp_path / "b", "b")
-    await b.open()
-    recorded: list[tuple[int, int]] = []
-    put = b.index.put
-
-    def recording(folder: str, items: Any) -> Any:
-        recorded.append((len(items), len(on_disk(b.root))))
-        return put(folder, items)
-
-    monkeypatch.setattr(b.index, "put", recording)
-    outcome = await b.apply_batch(versions, MemoryPeer(data))
-    assert outcome.failed == [] and on_disk(b.root) == on_disk(a.root)
-    assert recorded == [(sizes[0] + sizes[1], sizes[0] + sizes[1]),  # before 3 is placed
-                        (sizes[2] + sizes[3], 1300)]
-    assert notes_cleared(b) and b.applying == set()
-    a.index.close()
-    b.index.close()
-
-
-async def test_a_round_whose_one_recording_fails_is_adopted_from_every_chunks_note(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The round's recording at its end fails (the index's disk full): every file is in
-    place and every chunk's note names its files, so a restart adopts all of them as
-    the cluster's versions; none is taken for a local edit."""
-    a, versions, data = await sender_with(tmp_path / "a", 1300)
-    b = make_folder(tmp_path / "b", "b")
-    await b.open()
-    fail_recording(monkeypatch, b, 1)
-    with pytest.raises(OSError):
-        await b.apply_batch(versions, MemoryPeer(data))
-    assert len(b.records) == 0 and b.applying == set()
-    assert list((tmp_path / "b" / "state" / "tmp").iterdir()) == []
-    assert on_disk(b.root) == on_disk(a.root)
-    assert sum(n not in ("[]", None) for n in intent_notes(b)) == 4
-    b.index.close()
-
-    restarted = make_folder(tmp_path / "b", "b")
-    await restarted.open()
-    assert {p: r.version for p, r in restarted.records.items()} == {v.path: v for v in versions}
-    assert (await restarted.scan()).new_versions == 0
-    assert notes_cleared(restarted)
-    a.index.close()
-    restarted.index.close()
-
-
-async def test_a_recording_that_fails_once_is_retried_as_the_round_settles(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The round's recording fails once (a transient error): the round fails, but what
-    is in place is recorded as it settles (after a syncfs), so nothing waits for a
-    restart's adoption."""
-    a, versions, data = await sender_with(tmp_path / "a", 1300)
-    b = make_folder(tmp_path / "b", "b")
-    await b.open()
-    fail_recording(monkeypatch, b, 1, times=1)
-    with pytest.raises(OSError):
-        await b.apply_batch(versions, MemoryPeer(data))
-    assert on_disk(b.root) == on_disk(a.root)
-    assert {p: r.version for p, r in b.records.items()} == {v.path: v for v in versions}
-    assert notes_cleared(b) and b.applying == set()
-    a.index.close()
-    b.index.close()
 
 
 async def test_a_cancelled_round_lets_its_threads_finish_and_holds_nothing(
