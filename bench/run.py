@@ -855,9 +855,9 @@ def log_size(path: Path) -> int:
 def last_recorded_at(log: Path, start: int, end: int) -> float | None:
     """Wall-clock time (epoch seconds) of the last "N file(s) updated" line an agent
     logged (`--log-format json`) between byte offsets `start` and `end`: when it
-    recorded the last files of a bulk round in its index. A bulk round records what
-    landed once at its end, after every file is in place (remote_apply.RECORD_AFTER),
-    so this comes after the time (a) measures; the docs give both."""
+    recorded the last files of a bulk round in its index. (a) times the files' arrival;
+    this says how long B's bookkeeping ran on after it (docs/initial-sync.md, tenth
+    session: recording held to a round's end was measured and not kept)."""
     with log.open("rb") as f:
         f.seek(start)
         lines = f.read(max(0, end - start)).splitlines()
@@ -1658,9 +1658,8 @@ def render(res: dict[str, Any], json_rel: str, plots: dict[str, str] | None = No
             rec = ag.get("b_recorded_s") or {}
             if rec.get("n"):
                 w(f"B recorded the last files in its index at {f_s(rec['median'])} (median; "
-                  f"{f_s(rec['min'])}-{f_s(rec['max'])}): a bulk round records what landed "
-                  "once, after every file is in place, so this comes after the time above "
-                  "(the files' write-ahead notes cover them meanwhile).")
+                  f"{f_s(rec['min'])}-{f_s(rec['max'])}), from its log: its bookkeeping "
+                  "after the last file arrived.")
             w("")
         per, io = [], []
         for label, key in (("rsync", "rsync_ssh"), ("agent → agent", "dagsync_agent"),
