@@ -227,10 +227,7 @@ def main() -> int:
     modes += [name for name in variants if name not in modes]
     probe_dir = R.site_dir(work, "floor", DISCARD_APPLY)
     corpus_dir, _ = R.corpus(work, args.files)
-    sshd = R.SSHD(work)
-    sshd.start()
-    base = work / "floor"
-    a, b, ref = R.initial_pair(base, corpus_dir)
+    sshd, a, b, ref, base = R.probe_pair(work, corpus_dir, "floor")
     uni = st_pair = None
     if args.anchors != "off":
         anc_ref = R.anchors.tree(a.dags)

@@ -105,10 +105,7 @@ def main() -> int:
     R.probe_setup(work, args.fresh_fs, args.agent_python, args.source, "lanes")
     site = R.site_dir(work, "lanes", TRACE)
     corpus_dir, _ = R.corpus(work, args.files)
-    sshd = R.SSHD(work)
-    sshd.start()
-    base = work / "lanes"
-    a, b, ref = R.initial_pair(base, corpus_dir)
+    sshd, a, b, ref, base = R.probe_pair(work, corpus_dir, "lanes")
     rsync_dst = base / "rsync-target"
     try:
         for i in range(args.runs):

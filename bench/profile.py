@@ -288,8 +288,7 @@ def scenario_latency(work: Path, files: int, edits: int) -> None:
             with contextlib.suppress(ValueError):
                 d = json.loads(line)
                 if needle in d.get("msg", "") and rel in d["msg"]:
-                    ts = time.mktime(time.strptime(d["ts"][:19], "%Y-%m-%dT%H:%M:%S"))
-                    out.append(ts - time.timezone + int(d["ts"][20:23]) / 1000)
+                    out.append(R.json_log_time(d["ts"]))
         return out
 
     a_local = events(nodes[0], "local change")

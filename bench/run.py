@@ -733,6 +733,17 @@ def initial_pair(base: Path, corpus_dir: Path) -> tuple[Node, Node, dict[str, An
     return a, b, ref
 
 
+def probe_pair(work: Path, corpus_dir: Path, name: str
+               ) -> tuple[SSHD, Node, Node, dict[str, Any], Path]:
+    """The private sshd rsync goes through (started), and initial_pair of `corpus_dir`
+    under work/name: (sshd, A, B, the reference tree, work/name)."""
+    sshd = SSHD(work)
+    sshd.start()
+    base = work / name
+    a, b, ref = initial_pair(base, corpus_dir)
+    return sshd, a, b, ref, base
+
+
 def probe_options(ap: argparse.ArgumentParser, files: int, fresh_fs: int) -> None:
     """The options every initial-sync probe takes (bench/floor.py, bench/lanes.py);
     probe_setup uses them."""
@@ -852,6 +863,12 @@ def log_size(path: Path) -> int:
         return 0
 
 
+def json_log_time(ts: str) -> float:
+    """An agent's JSON log timestamp ("2026-12-07T21:11:21.123Z", UTC, ms) as epoch
+    seconds."""
+    return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + float("0" + ts[19:-1])
+
+
 def last_recorded_at(log: Path, start: int, end: int) -> float | None:
     """Wall-clock time (epoch seconds) of the last "N file(s) updated" line an agent
     logged (`--log-format json`) between byte offsets `start` and `end`: when it
@@ -865,11 +882,9 @@ def last_recorded_at(log: Path, start: int, end: int) -> float | None:
         if b"file(s) updated" not in line:
             continue
         try:
-            ts = json.loads(line)["ts"]
+            return json_log_time(json.loads(line)["ts"])
         except (ValueError, KeyError):
             continue
-        return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + float(
-            "0" + ts[19:-1])
     return None
 
 

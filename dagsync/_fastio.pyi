@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 
 def stage_files(
-    items: Sequence[tuple[int, str, bytes | memoryview, int, bool, int]],
+    items: Sequence[tuple[int, str, bytes | memoryview, int, bool, int]], threads: int = 1,
 ) -> list[tuple[int, int] | int]: ...
 def place_files(items: Sequence[tuple[int, str, int, str, bool]]) -> list[int]: ...
 def read_files(
