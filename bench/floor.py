@@ -303,7 +303,8 @@ def main() -> int:
                         R.DAGSYNC_SRC = measured_src
                     if mode != "no-apply":
                         t, _ = R.wait_converged([b], ref, t0, timeout=900, what="agent run",
-                                                procs=[a, b], marks=marks)
+                                                procs=[a, b], marks=marks,
+                                                probe=lambda: machine_busy_s() - busy0)
                     else:
                         t = wait_chunks(out, len(ref), t0, b)
                     times[mode].append(t)
@@ -315,7 +316,9 @@ def main() -> int:
                         bu, bs = user_sys_s(b.proc.pid)
                         print(f"  {mode}: B ready {marks.get('b_ready_s', 0):.2f} s, first file "
                               f"{marks.get('first_file_s', 0):.2f} s; "
-                              f"machine busy {machine_busy_s() - busy0:.2f} s; "
+                              f"machine busy {marks.get('probe', 0):.2f} s to the end "
+                              f"({machine_busy_s() - busy0:.2f} s with the harness's "
+                              "compare); "
                               f"reported {reported_mib() - rep0:.0f} MiB; "
                               f"A user {au:.2f} sys {as_:.2f}; B user {bu:.2f} sys {bs:.2f} "
                               f"({faults_hwm(b.proc.pid)}); "
