@@ -304,7 +304,7 @@ def main() -> int:
                     if mode != "no-apply":
                         t, _ = R.wait_converged([b], ref, t0, timeout=900, what="agent run",
                                                 procs=[a, b], marks=marks,
-                                                probe=lambda: machine_busy_s() - busy0)
+                                                probe=lambda b0=busy0: machine_busy_s() - b0)
                     else:
                         t = wait_chunks(out, len(ref), t0, b)
                     times[mode].append(t)

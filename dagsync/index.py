@@ -227,6 +227,11 @@ class Index:
         # The engine keeps every record in memory; SQLite's own page cache only needs to
         # hold a transaction's pages (default 2 MB; an idle agent's budget is tight).
         c.execute("PRAGMA cache_size=-512")
+        # A many-row INSERT keeps a statement journal (each page's old content, to undo the
+        # statement alone); past 64 KiB SQLite spills it to a temp file. Recording 20,000
+        # files wrote ~14,000 pages (57 MB) there, in the commit lane; in memory it is a
+        # few hundred KiB at a time, freed as each statement ends (docs/initial-sync.md).
+        c.execute("PRAGMA temp_store=MEMORY")
         version = int(c.execute("PRAGMA user_version").fetchone()[0])
         if version > len(_MIGRATIONS):
             raise IndexUnavailable(
