@@ -33,7 +33,9 @@ Interleaved in one invocation, on the corpus and nodes of bench/run.py (a):
             each run (on this VM, DAMON pages out page cache nobody touched for ~60 s: the
             full run's anchors take 25-80 s between the agent's runs); the page cache
             dropped before each timed tool (A's files and each tool's code read from the
-            disk); the agent timed before rsync in every other run, as the full run does.
+            disk); the agent timed before rsync in every other run, as the full run does
+            (and the dagsync modes in reverse order then, so that no mode always follows
+            another's writes).
             --split then also prints B's start-up marks, page faults and peak memory.
 
 Each run also gives the CPU time used: rsync's client, ssh and server side; for the
@@ -207,7 +209,8 @@ def main() -> int:
                     help="drop the page cache before each timed tool (root): A's files and "
                          "each tool's own code are read from the disk")
     ap.add_argument("--alternate", action="store_true",
-                    help="the dagsync modes before rsync in every other run, as the full run")
+                    help="the dagsync modes before rsync in every other run, as the full run, "
+                         "and the modes themselves in reverse order in those runs")
     ap.add_argument("--split", action="store_true",
                     help="per run, also print the machine's busy CPU (all processes and "
                          "kernel threads) and each agent's user/system CPU")
@@ -269,7 +272,7 @@ def main() -> int:
                           f"top: {top_others(ticks0, {os.getpid()})}", flush=True)
 
             def time_modes(i: int = i) -> None:
-                for mode in modes:
+                for mode in (modes[::-1] if args.alternate and i % 2 else modes):
                     b.stop()
                     b.reset()
                     a.alive()
