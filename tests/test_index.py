@@ -353,6 +353,53 @@ def test_schema_is_versioned_and_wal(db: Path) -> None:
         conn.close()
 
 
+def test_paths_with_hash_searches_by_prefix_and_matches_the_whole_hash(index: Index) -> None:
+    """Move detection looks files up by content: an index search, never a scan of the
+    folder, and a file whose hash only shares the first 8 digits is not a match."""
+    a = replace(fv("a.py", 1), hash="abcd1234" + "0" * 24)
+    b = replace(fv("b.py", 2), hash="abcd1234" + "f" * 24)
+    gone = replace(fv("c.py", 3), hash=a.hash)
+    index.put("dags", [(a, st(1)), (b, st(2)), (gone, st(3))])
+    index.put("dags", [(replace(gone, deleted=True, hash=""), None)])
+    assert index.paths_with_hash("dags", a.hash) == ["a.py"]
+    assert index.paths_with_hash("dags", b.hash) == ["b.py"]
+    assert index.paths_with_hash("dags", "abcd1234" + "1" * 24) == []
+    with index._db() as c:
+        plan = " ".join(str(row[-1]) for row in c.execute(
+            "EXPLAIN QUERY PLAN SELECT path FROM files WHERE folder=? AND substr(hash, 1, 8)=?"
+            " AND +hash=? AND deleted=0 LIMIT ?", ("dags", "abcd1234", a.hash, 8)))
+    assert "files_by_hash_prefix (folder=? AND <expr>=?)" in plan
+
+
+def test_an_index_of_schema_2_is_migrated_and_keeps_its_records(db: Path) -> None:
+    """An index written by the dagsync before the hash index took the hash's prefix:
+    opened now, its records and their lookups by content are all there."""
+    from dagsync.index import _MIGRATIONS
+
+    db.parent.mkdir()
+    conn = sqlite3.connect(db)
+    for migration in _MIGRATIONS[:2]:
+        conn.executescript(migration)
+    conn.execute("PRAGMA user_version=2")
+    conn.execute("INSERT INTO folders(folder, index_id, last_seq) VALUES('dags', 7, 1)")
+    conn.execute(
+        "INSERT INTO files(folder, path, seq, kind, size, mtime_ns, mode, hash, deleted, vv,"
+        " hlc, origin, target) VALUES('dags', 'a.py', 1, 'file', 10, 5, 420, ?, 0,"
+        " '{\"master1\":1}', 9, 'master1', '')", ("e" * 32,))
+    conn.commit()
+    conn.close()
+    ix = Index(db)
+    try:
+        assert ix.paths_with_hash("dags", "e" * 32) == ["a.py"]
+        assert ix.max_seq("dags") == 1
+        with ix._db() as c:
+            names = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+            assert c.execute("PRAGMA user_version").fetchone()[0] == 3
+    finally:
+        ix.close()
+    assert "files_by_hash_prefix" in names and "files_by_hash" not in names
+
+
 def test_closed_index_raises_dagsync_error(db: Path) -> None:
     db.parent.mkdir()
     ix = Index(db)
