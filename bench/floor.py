@@ -36,7 +36,8 @@ Interleaved in one invocation, on the corpus and nodes of bench/run.py (a):
             disk); the agent timed before rsync in every other run, as the full run does
             (and the dagsync modes in reverse order then, so that no mode always follows
             another's writes).
-            --split then also prints B's start-up marks, page faults and peak memory.
+            --split then also prints B's start-up marks, page faults, peak memory and
+            what it wrote and read through syscalls (/proc/PID/io).
 
 Each run also gives the CPU time used: rsync's client, ssh and server side; for the
 dagsync modes, both agents (A from the sync's start, B whole, start-up included). On
@@ -156,6 +157,15 @@ def faults_hwm(pid: int) -> str:
     with open(f"/proc/{pid}/status") as f:
         hwm = next((line.split()[1] for line in f if line.startswith("VmHWM")), "0")
     return f"minflt {minflt}, VmHWM {int(hwm) // 1024} MiB"
+
+
+def io_counts(pid: int) -> str:
+    """What a process has written and read through syscalls (/proc/PID/io): its files'
+    content, and everything else (SQLite's WAL and checkpoints, temp files, logs)."""
+    with open(f"/proc/{pid}/io") as f:
+        io = {k: int(v) for k, v in (line.split(": ") for line in f if ": " in line)}
+    return (f"wrote {io['wchar'] / 1e6:.0f} MB in {io['syscw']} calls, read "
+            f"{io['rchar'] / 1e6:.0f} MB in {io['syscr']} calls")
 
 
 def drop_page_cache() -> None:
@@ -324,7 +334,7 @@ def main() -> int:
                               "compare); "
                               f"reported {reported_mib() - rep0:.0f} MiB; "
                               f"A user {au:.2f} sys {as_:.2f}; B user {bu:.2f} sys {bs:.2f} "
-                              f"({faults_hwm(b.proc.pid)}); "
+                              f"({faults_hwm(b.proc.pid)}; {io_counts(b.proc.pid)}); "
                               "others: " + top_others(
                                   ticks0, {os.getpid(), a.proc.pid, b.proc.pid}),
                               flush=True)
