@@ -89,9 +89,9 @@ def report(path: Path, t0: float, timeline: bool) -> None:
         print(line)
     if timeline:
         for name, (start, end, cpu) in sorted(((n, x) for n, xs in steps.items()
-                                               for x in xs if n in (*LANES, "syncfs")),
+                                               for x in xs if n in (*LANES, "syncfs", "plan-next")),
                                               key=lambda nx: nx[1][0]):
-            print(f"      {name:7s} {1000 * (start - t0):7.0f} -> {1000 * (end - t0):7.0f} ms"
+            print(f"      {name:9s} {1000 * (start - t0):7.0f} -> {1000 * (end - t0):7.0f} ms"
                   f"  (CPU {1000 * cpu:4.0f} ms)")
 
 
