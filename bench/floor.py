@@ -223,7 +223,7 @@ def main() -> int:
                          "and the modes themselves in reverse order in those runs")
     ap.add_argument("--split", action="store_true",
                     help="per run, also print the machine's busy CPU (all processes and "
-                         "kernel threads) and each agent's user/system CPU")
+                         "kernel threads), each agent's user/system CPU and B's I/O")
     args = ap.parse_args()
     variants: dict[str, dict[str, str]] = {}
     for v in args.variant:
@@ -329,8 +329,9 @@ def main() -> int:
                         bu, bs = user_sys_s(b.proc.pid)
                         print(f"  {mode}: B ready {marks.get('b_ready_s', 0):.2f} s, first file "
                               f"{marks.get('first_file_s', 0):.2f} s; "
-                              f"machine busy {marks.get('probe', 0):.2f} s to the end "
-                              f"({machine_busy_s() - busy0:.2f} s with the harness's "
+                              + (f"machine busy {marks['probe']:.2f} s to the end ("
+                                 if "probe" in marks else "machine busy (")
+                              + f"{machine_busy_s() - busy0:.2f} s with the harness's "
                               "compare); "
                               f"reported {reported_mib() - rep0:.0f} MiB; "
                               f"A user {au:.2f} sys {as_:.2f}; B user {bu:.2f} sys {bs:.2f} "
