@@ -25,7 +25,8 @@ Interleaved in one invocation, on the corpus and nodes of bench/run.py (a):
   --variant NAME:VAR=VALUE
             the agent sync with VAR=VALUE in the environment of both agents (A is
             restarted when its environment must change), as mode NAME: for an experiment
-            behind an environment switch, beside the agent in one invocation.
+            behind an environment switch, beside the agent in one invocation. Give the
+            same NAME again to set several variables.
 
   --anchors st-running|st-stopped, --gap S, --cold, --alternate
             conditions of the full run, one at a time: unison and a Syncthing initial sync
@@ -231,7 +232,7 @@ def main() -> int:
         var, eq, value = assignment.partition("=")
         if not (name and var and eq):
             ap.error(f"--variant {v!r}: expected NAME:VAR=VALUE")
-        variants[name] = {var: value}
+        variants.setdefault(name, {})[var] = value  # repeat NAME to set several
     work = args.workdir.resolve()
     R.probe_setup(work, args.fresh_fs, args.agent_python, args.source, "floor")
     print(f"dagsync snapshot: {R.SNAPSHOT_INFO}", flush=True)
