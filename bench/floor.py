@@ -38,7 +38,8 @@ Interleaved in one invocation, on the corpus and nodes of bench/run.py (a):
             (and the dagsync modes in reverse order then, so that no mode always follows
             another's writes).
             --split then also prints B's start-up marks, page faults, peak memory and
-            what it wrote and read through syscalls (/proc/PID/io).
+            what it wrote and read through syscalls (/proc/PID/io), and how long each
+            agent's threads waited, runnable, for a core (run-queue).
 
 Each run also gives the CPU time used: rsync's client, ssh and server side; for the
 dagsync modes, both agents (A from the sync's start, B whole, start-up included). On
@@ -167,6 +168,19 @@ def io_counts(pid: int) -> str:
         io = {k: int(v) for k, v in (line.split(": ") for line in f if ": " in line)}
     return (f"wrote {io['wchar'] / 1e6:.0f} MB in {io['syscw']} calls, read "
             f"{io['rchar'] / 1e6:.0f} MB in {io['syscr']} calls")
+
+
+def run_delay_s(pid: int) -> float:
+    """Seconds a process's live threads spent runnable but waiting for a core
+    (/proc/PID/task/TID/schedstat): what a busy machine costs it, apart from the GIL."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):  # ended meanwhile
+            continue
+    return total / 1e9
 
 
 def drop_page_cache() -> None:
@@ -305,6 +319,7 @@ def main() -> int:
                     assert a.proc is not None
                     a_cpu0 = R.proc_cpu_s(a.proc.pid)
                     a_us0 = user_sys_s(a.proc.pid)
+                    a_wait0 = run_delay_s(a.proc.pid)
                     busy0, ticks0, rep0 = machine_busy_s(), all_cpu_ticks(), reported_mib()
                     t0 = time.monotonic()
                     measured_src = R.DAGSYNC_SRC
@@ -335,7 +350,9 @@ def main() -> int:
                               + f"{machine_busy_s() - busy0:.2f} s with the harness's "
                               "compare); "
                               f"reported {reported_mib() - rep0:.0f} MiB; "
-                              f"A user {au:.2f} sys {as_:.2f}; B user {bu:.2f} sys {bs:.2f} "
+                              f"A user {au:.2f} sys {as_:.2f} run-queue "
+                              f"{run_delay_s(a.proc.pid) - a_wait0:.2f}; B user {bu:.2f} sys "
+                              f"{bs:.2f} run-queue {run_delay_s(b.proc.pid):.2f} "
                               f"({faults_hwm(b.proc.pid)}; {io_counts(b.proc.pid)}); "
                               "others: " + top_others(
                                   ticks0, {os.getpid(), a.proc.pid, b.proc.pid}),
