@@ -2,11 +2,17 @@
 """CPU of a bulk transfer through asyncssh on loopback, by SSH packet size.
 
     python bench/ssh_bulk.py [--mb 68.5] [--pktsize 131072 262144 ...] [--repeat 3]
+                             [--busy-ms 2]
 
 A server process writes the bytes to its channel in writes of 870 KB (one batch of 64
 DAG files, as dagsync's content replies); the client reads them all. Both ends use
 dagsync's asyncssh set-up (AES-GCM, 16 MiB window) with the given max_pktsize. Prints
 each end's CPU time for the transfer alone. Only 127.0.0.1 is used.
+
+--busy-ms keeps the receiver's event loop busy that long after each read of its stream
+(its CPU not counted), as an agent's loop is with the rest of a sync: the socket then
+holds several packets at each read, as in a real sync, where a receiver that keeps up
+sees them one by one.
 """
 
 from __future__ import annotations
@@ -60,7 +66,15 @@ async def serve(port: int, pktsize: int, total: int, keyfile: str) -> None:
     print(f"{cpu[0]:.4f}", flush=True)
 
 
-async def receive(port: int, pktsize: int) -> tuple[float, float, int]:
+def spin(ms: float) -> float:
+    """Busy for `ms` milliseconds of wall time; returns the CPU seconds it took."""
+    cpu, until = time.process_time(), time.perf_counter() + ms / 1000
+    while time.perf_counter() < until:
+        pass
+    return time.process_time() - cpu
+
+
+async def receive(port: int, pktsize: int, busy_ms: float) -> tuple[float, float, int]:
     async with asyncssh.connect(
         "127.0.0.1", port, known_hosts=None, username="bench", client_keys=None,
         password=None, agent_path=None, config=[], encryption_algs=ENCRYPTION_ALGS,
@@ -68,10 +82,12 @@ async def receive(port: int, pktsize: int) -> tuple[float, float, int]:
     ) as conn:
         cpu, wall = time.process_time(), time.perf_counter()
         proc = await conn.create_process(encoding=None)
-        got = 0
+        got, busy = 0, 0.0
         while chunk := await proc.stdout.read(READ):
             got += len(chunk)
-        return time.process_time() - cpu, time.perf_counter() - wall, got
+            if busy_ms:
+                busy += spin(busy_ms)
+        return time.process_time() - cpu - busy, time.perf_counter() - wall, got
 
 
 def free_port() -> int:
@@ -80,7 +96,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def one(pktsize: int, total: int, keyfile: str) -> str:
+def one(pktsize: int, total: int, keyfile: str, busy_ms: float) -> str:
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), str(pktsize),
                                str(total), keyfile], stdout=subprocess.PIPE, text=True)
@@ -88,7 +104,7 @@ def one(pktsize: int, total: int, keyfile: str) -> str:
         assert server.stdout is not None
         if server.stdout.readline().strip() != "ready":
             raise SystemExit("ssh_bulk: the server did not start")
-        cpu, wall, got = asyncio.run(receive(port, pktsize))
+        cpu, wall, got = asyncio.run(receive(port, pktsize, busy_ms))
         sender_cpu = float(server.stdout.readline())
         server.wait(30)
     finally:
@@ -109,13 +125,14 @@ def main() -> int:
     ap.add_argument("--mb", type=float, default=68.5)
     ap.add_argument("--pktsize", type=int, nargs="+", default=[32768, 131072, 262144])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--busy-ms", type=float, default=0.0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         keyfile = os.path.join(tmp, "host_key")
         asyncssh.generate_private_key("ssh-ed25519").write_private_key(keyfile)
         for _ in range(args.repeat):  # alternating sizes, so drift hits them alike
             for pktsize in args.pktsize:
-                print(one(pktsize, int(args.mb * 1e6), keyfile), flush=True)
+                print(one(pktsize, int(args.mb * 1e6), keyfile, args.busy_ms), flush=True)
     return 0
 
 

@@ -16,7 +16,15 @@ predict. The AEAD ciphers dagsync negotiates have no such IV, and OpenSSH sends 
 packets; with them every data packet of a sync cost two encryptions, two sends, and on
 the other end two decryptions and dispatches. `_skip_cbc_countermeasure` drops the empty
 ignore packets on AEAD links only: 6-8 % of both agents' CPU in an initial sync
-(docs/initial-sync.md). Import asyncssh from here, never directly."""
+(docs/initial-sync.md).
+
+asyncssh keeps the bytes received and not yet parsed in one `bytes` object: each read
+from the socket (up to 256 KiB) is appended to it by a copy of all of it, and each packet
+parsed copies what remains after it, twice (the header, then the rest). When the event
+loop is busy and the socket holds more than a packet, that is ~4 copies of every byte
+before its decryption. `_receive_by_packets` keeps them in a bytearray instead and hands
+asyncssh's parser exactly one header or one packet at a time, so its slicing copies
+nothing more. Import asyncssh from here, never directly."""
 
 from __future__ import annotations
 
@@ -69,9 +77,78 @@ def _skip_cbc_countermeasure() -> None:
     SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
 
 
+def _receive_by_packets() -> None:
+    """Make asyncssh's receive path parse from a bytearray, one step's bytes at a time.
+    A version whose internals differ is left as it is."""
+    try:
+        from asyncssh.connection import DisconnectError, SSHConnection
+    except ImportError:
+        return
+    parts = ("_recv_data", "_recv_pkthdr", "_recv_packet", "_reset_keepalive_timer",
+             "_send_disconnect", "_force_close", "internal_error", "_finish_recv_packet")
+    if (not all(callable(getattr(SSHConnection, name, None)) for name in parts)
+            or getattr(SSHConnection._recv_data, "receives_by_packets", False)):
+        return
+
+    def step(self: Any) -> int | None:
+        """Bytes the parser's next step takes; None for the version line, or while a
+        packet is handled asynchronously (asyncssh's own buffer serves those)."""
+        func = getattr(self._recv_handler, "__func__", None)
+        if func is SSHConnection._recv_pkthdr:
+            return int(self._recv_blocksize)
+        if func is SSHConnection._recv_packet:
+            return int(4 + self._pktlen + self._recv_macsize - self._recv_blocksize)
+        return None
+
+    def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
+        try:
+            self._unparsed += data
+        except AttributeError:
+            self._unparsed = bytearray(data)
+        self._recv_data()
+
+    def _recv_data(self: Any) -> None:
+        unparsed: bytearray = self.__dict__.setdefault("_unparsed", bytearray())
+        self._reset_keepalive_timer()
+        try:
+            while True:
+                need = step(self)
+                if need is None:
+                    if unparsed:
+                        self._inpbuf += bytes(unparsed)
+                        unparsed.clear()
+                    if not (self._inpbuf and self._recv_handler()):
+                        return
+                    continue
+                if self._inpbuf:  # left over from the steps above
+                    unparsed[:0] = self._inpbuf
+                    self._inpbuf = b""
+                if len(unparsed) < need:
+                    return
+                with memoryview(unparsed) as view:
+                    self._inpbuf = bytes(view[:need])
+                del unparsed[:need]
+                if not self._recv_handler():
+                    # handled asynchronously: its end (_finish_recv_packet) resumes
+                    # parsing only if asyncssh's own buffer holds something
+                    self._inpbuf += bytes(unparsed)
+                    unparsed.clear()
+                    return
+        except DisconnectError as exc:
+            self._send_disconnect(exc.code, exc.reason, exc.lang)
+            self._force_close(exc)
+        except Exception:
+            self.internal_error()
+
+    _recv_data.receives_by_packets = True  # type: ignore[attr-defined]
+    SSHConnection.data_received = data_received  # type: ignore[method-assign]
+    SSHConnection._recv_data = _recv_data  # type: ignore[method-assign]
+
+
 if "asyncssh" not in sys.modules:
     _load()
 _skip_cbc_countermeasure()
+_receive_by_packets()
 
 import asyncssh  # noqa: E402
 

@@ -79,12 +79,14 @@ def test_agent_link_carries_data_without_an_ignore_packet_per_packet(
     assert ignores_received == []
 
 
-async def _echo_over_asyncssh(cipher: str, mac: str) -> bytes:
-    """The same echo over a plain asyncssh link restricted to one cipher (and MAC)."""
+async def _echo_over_asyncssh(cipher: str, mac: str, **options: Any) -> bytes:
+    """The same echo over a plain asyncssh link restricted to one cipher (and MAC), with
+    asyncssh's other connection `options` on both ends."""
     server_key = asyncssh.generate_private_key("ssh-ed25519")
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     port = free_port()
-    algs: dict[str, Any] = {"encryption_algs": [cipher], "mac_algs": [mac] if mac else ()}
+    algs: dict[str, Any] = {"encryption_algs": [cipher], "mac_algs": [mac] if mac else (),
+                            **options}
 
     async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
         data = await process.stdin.readexactly(len(PAYLOAD))
@@ -128,3 +130,44 @@ def test_a_ctr_link_keeps_the_countermeasure(ignores_received: list[int]) -> Non
     still gets asyncssh's ignore packets (dagsync never offers CTR)."""
     assert asyncio.run(_echo_over_asyncssh("aes128-ctr", "hmac-sha2-256")) == PAYLOAD
     assert len(ignores_received) > 8  # one ahead of each data packet, each way
+
+
+def test_received_bytes_are_parsed_a_packet_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sshlib hands asyncssh's parser one packet's bytes at a time, even when one read
+    from the socket brought several packets (asyncssh alone copies what is left of its
+    buffer after every packet: ~4 copies of every byte of a sync)."""
+    from asyncssh.connection import SSHConnection
+
+    assert getattr(SSHConnection._recv_data, "receives_by_packets", False)
+    reads: list[int] = []
+    buffered: list[tuple[int, int]] = []
+    recv_packet, data_received = SSHConnection._recv_packet, SSHConnection.data_received
+
+    def counted_read(self: Any, data: bytes, datatype: Any = None) -> None:
+        reads.append(len(data))
+        data_received(self, data, datatype)
+
+    def checked_packet(self: Any) -> bool:
+        buffered.append((len(self._inpbuf),
+                         4 + self._pktlen + self._recv_macsize - self._recv_blocksize))
+        return bool(recv_packet(self))
+
+    monkeypatch.setattr(SSHConnection, "data_received", counted_read)
+    monkeypatch.setattr(SSHConnection, "_recv_packet", checked_packet)
+    assert asyncio.run(_echo_over_asyncssh("aes128-gcm@openssh.com", "")) == PAYLOAD
+    assert max(reads) > 131072 + 4096  # reads that held more than one data packet
+    assert len(buffered) > 16
+    assert [b for b in buffered if b[0] != b[1]] == []
+
+
+@pytest.mark.parametrize("cipher, mac", [
+    ("aes128-gcm@openssh.com", ""),
+    ("chacha20-poly1305@openssh.com", ""),
+    ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"),
+    ("aes256-ctr", "hmac-sha2-512"),
+])
+def test_data_arrives_whole_across_key_exchanges(cipher: str, mac: str) -> None:
+    """Key exchanges are handled asynchronously by asyncssh, mid-stream: the bytes after
+    them must still reach the parser, in order, with every cipher and MAC layout."""
+    back = asyncio.run(_echo_over_asyncssh(cipher, mac, rekey_bytes=64 * 1024))
+    assert back == PAYLOAD
