@@ -152,10 +152,14 @@ def reported_mib() -> float:
         return 0.0
 
 
+def minor_faults(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[7])
+
+
 def faults_hwm(pid: int) -> str:
     """A process's minor page faults and peak resident memory."""
-    with open(f"/proc/{pid}/stat") as f:
-        minflt = int(f.read().rpartition(")")[2].split()[7])
+    minflt = minor_faults(pid)
     with open(f"/proc/{pid}/status") as f:
         hwm = next((line.split()[1] for line in f if line.startswith("VmHWM")), "0")
     return f"minflt {minflt}, VmHWM {int(hwm) // 1024} MiB"
@@ -320,6 +324,7 @@ def main() -> int:
                     a_cpu0 = R.proc_cpu_s(a.proc.pid)
                     a_us0 = user_sys_s(a.proc.pid)
                     a_wait0 = run_delay_s(a.proc.pid)
+                    a_flt0 = minor_faults(a.proc.pid)
                     busy0, ticks0, rep0 = machine_busy_s(), all_cpu_ticks(), reported_mib()
                     t0 = time.monotonic()
                     measured_src = R.DAGSYNC_SRC
@@ -351,7 +356,8 @@ def main() -> int:
                               "compare); "
                               f"reported {reported_mib() - rep0:.0f} MiB; "
                               f"A user {au:.2f} sys {as_:.2f} run-queue "
-                              f"{run_delay_s(a.proc.pid) - a_wait0:.2f}; B user {bu:.2f} sys "
+                              f"{run_delay_s(a.proc.pid) - a_wait0:.2f} minflt "
+                              f"{minor_faults(a.proc.pid) - a_flt0}; B user {bu:.2f} sys "
                               f"{bs:.2f} run-queue {run_delay_s(b.proc.pid):.2f} "
                               f"({faults_hwm(b.proc.pid)}; {io_counts(b.proc.pid)}); "
                               "others: " + top_others(
