@@ -81,7 +81,8 @@ def _receive_by_packets() -> None:
     """Make asyncssh's receive path parse from a bytearray, one step's bytes at a time.
     A version whose internals differ is left as it is."""
     try:
-        from asyncssh.connection import DisconnectError, SSHConnection
+        from asyncssh.connection import SSHConnection
+        from asyncssh.misc import DisconnectError
     except ImportError:
         return
     parts = ("_recv_data", "_recv_pkthdr", "_recv_packet", "_reset_keepalive_timer",
