@@ -101,15 +101,20 @@ def _receive_by_packets() -> None:
             return int(4 + self._pktlen + self._recv_macsize - self._recv_blocksize)
         return None
 
-    def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
+    def unparsed_of(self: Any) -> bytearray:
+        """The connection's received bytes not yet handed to the parser."""
         try:
-            self._unparsed += data
+            return self._unparsed  # type: ignore[no-any-return]
         except AttributeError:
-            self._unparsed = bytearray(data)
+            self._unparsed = bytearray()
+            return self._unparsed  # type: ignore[no-any-return]
+
+    def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
+        unparsed_of(self).extend(data)
         self._recv_data()
 
     def _recv_data(self: Any) -> None:
-        unparsed: bytearray = self.__dict__.setdefault("_unparsed", bytearray())
+        unparsed = unparsed_of(self)
         self._reset_keepalive_timer()
         try:
             while True:
