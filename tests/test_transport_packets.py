@@ -4,7 +4,8 @@ empty SSH_MSG_IGNORE ahead of each packet where the cipher does not need it (ssh
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,53 @@ def test_agent_link_carries_data_without_an_ignore_packet_per_packet(
     assert ignores_received == []
 
 
-async def _echo_over_asyncssh(cipher: str, mac: str, **options: Any) -> bytes:
+@contextlib.asynccontextmanager
+async def _flip_one_byte(target: int, at: int) -> AsyncIterator[int]:
+    """A TCP relay to `target` that flips the client's byte number `at` (a bit changed
+    in transit, or a hostile middle) and relays everything else as it is. Yields its
+    port; closes every connection it relayed on the way out."""
+    writers: list[asyncio.StreamWriter] = []
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                   flip_at: int | None) -> None:
+        seen = 0
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                if flip_at is not None and seen <= flip_at < seen + len(data):
+                    flipped = bytearray(data)
+                    flipped[flip_at - seen] ^= 0x01
+                    data = bytes(flipped)
+                seen += len(data)
+                dst.write(data)
+                await dst.drain()
+        dst.close()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
+        writers.extend((writer, up_writer))
+        tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        await asyncio.gather(pipe(reader, up_writer, at), pipe(up_reader, writer, None))
+
+    port = free_port()
+    server = await asyncio.start_server(relay, "127.0.0.1", port)
+    try:
+        yield port
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+
+
+async def _echo_over_asyncssh(cipher: str, mac: str, flip_at: int | None = None,
+                              delivered: list[bytes] | None = None, **options: Any) -> bytes:
     """The same echo over a plain asyncssh link restricted to one cipher (and MAC), with
-    asyncssh's other connection `options` on both ends."""
+    asyncssh's other connection `options` on both ends. `flip_at`: through a relay that
+    flips that byte of what the client sends; `delivered` gets what the server read."""
     server_key = asyncssh.generate_private_key("ssh-ed25519")
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     port = free_port()
@@ -89,7 +134,14 @@ async def _echo_over_asyncssh(cipher: str, mac: str, **options: Any) -> bytes:
                             **options}
 
     async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
-        data = await process.stdin.readexactly(len(PAYLOAD))
+        try:
+            data = await process.stdin.readexactly(len(PAYLOAD))
+        except asyncio.IncompleteReadError as exc:
+            data = exc.partial
+            raise
+        finally:
+            if delivered is not None:
+                delivered.append(data)
         process.stdout.write(data)
         await process.stdout.drain()
         process.exit(0)
@@ -108,15 +160,19 @@ async def _echo_over_asyncssh(cipher: str, mac: str, **options: Any) -> bytes:
         Server, "127.0.0.1", port, server_host_keys=[server_key], process_factory=handle,
         encoding=None, **algs)
     try:
-        async with asyncssh.connect(
+        async with contextlib.AsyncExitStack() as stack:
+            if flip_at is not None:
+                port = await stack.enter_async_context(_flip_one_byte(port, flip_at))
+            conn = await stack.enter_async_context(asyncssh.connect(
                 "127.0.0.1", port, username="u", client_keys=[client_key], known_hosts=None,
-                agent_path=None, config=[], **algs) as conn:
+                agent_path=None, config=[], **algs))
             proc = await conn.create_process("x", encoding=None)
             proc.stdin.write(PAYLOAD)
             back: bytes = await proc.stdout.readexactly(len(PAYLOAD))
             return back
     finally:
         server.close()
+        await server.wait_closed()
 
 
 def test_a_chacha20_link_carries_no_ignore_packets_either(ignores_received: list[int]) -> None:
@@ -171,3 +227,23 @@ def test_data_arrives_whole_across_key_exchanges(cipher: str, mac: str) -> None:
     them must still reach the parser, in order, with every cipher and MAC layout."""
     back = asyncio.run(_echo_over_asyncssh(cipher, mac, rekey_bytes=64 * 1024))
     assert back == PAYLOAD
+
+
+@pytest.mark.parametrize("cipher, mac", [
+    ("aes128-gcm@openssh.com", ""),
+    ("aes128-ctr", "hmac-sha2-256-etm@openssh.com"),
+])
+def test_a_byte_changed_in_transit_ends_the_link_and_is_never_delivered(
+        cipher: str, mac: str) -> None:
+    """One bit flipped in the middle of the stream (past the handshake, inside the
+    bytes a packet at a time are parsed from): the receiver refuses the packet and drops
+    the link; nothing after the damage reaches the application, and no altered byte."""
+    delivered: list[bytes] = []
+    with pytest.raises((asyncssh.Error, OSError, asyncio.IncompleteReadError)):
+        asyncio.run(asyncio.wait_for(
+            _echo_over_asyncssh(cipher, mac, flip_at=len(PAYLOAD) // 2, delivered=delivered),
+            timeout=30))
+    assert delivered, "the server's reader never returned"
+    got = delivered[0]
+    assert len(got) < len(PAYLOAD)
+    assert got == PAYLOAD[:len(got)]
